@@ -1,0 +1,239 @@
+"""The ftkit command line. One small function per command; heavy imports happen inside them, so `--help` and
+usage errors answer without loading torch, transformers or peft."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ftkit.errors import UsageError
+
+app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation.",
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.lr=1e-4 "
+                                                                  "(repeatable; highest precedence).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls). Default: from the run/model.")]
+
+
+def _guard(fn, debug: bool):
+    """Run a command: UsageError -> one line + exit 2; any other failure -> one line + exit 1."""
+    try:
+        return fn()
+    except UsageError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 — the CLI's last line of defence
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        typer.echo(f"failed: {type(e).__name__}: {msg} (run with --debug for the traceback)", err=True)
+        raise typer.Exit(1)
+
+
+def _emit(records, output: Optional[Path]) -> None:
+    """JSON records to a file (written whole, then renamed) or to stdout."""
+    if isinstance(records, dict):
+        text = json.dumps(records, indent=2) + "\n"
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)
+
+
+@app.command()
+def train(
+    recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML file, or the name of a shipped recipe "
+                                                         "(`ftkit recipes`).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Task family: cls.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Method: full, head or lora.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Built-in model name or checkpoint dir.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Training data file or built-in dataset.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Evaluation data (default: a seeded held-out "
+                                                          "split of --data).")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Run directory to write.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the training data.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default depends on the "
+                                                     "method).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per device per step.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Truncate inputs to this many tokens.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
+    set_: Sets = None,
+    debug: Debug = False,
+):
+    """Fine-tune a model. Precedence: defaults < RECIPE < flags < --set."""
+
+    def run():
+        from ftkit import config, recipes
+
+        flags = {"task": task, "method": method, "output": output,
+                 "model": {"name": model},
+                 "data": {"train": data, "eval": eval_data, "max_length": max_length},
+                 "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
+                           "grad_accum": grad_accum, "seed": seed, "precision": precision}}
+        cfg = config.resolve(recipes.find(recipe) if recipe else None, _drop_none(flags), set_ or [])
+        from ftkit.train import train as run_train
+
+        start = time.perf_counter()
+        summary = run_train(cfg, overwrite=overwrite)
+        metrics = {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))}
+        typer.echo("held-out: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in metrics.items()))
+        typer.echo(f"run dir: {cfg.output}  ({time.perf_counter() - start:.0f} s in all, "
+                   f"{summary['train']['seconds']:.0f} s training)")
+
+    _guard(run, debug)
+
+
+def _drop_none(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[str, typer.Argument(help="Run dir, exported checkpoint, or a model (zero-shot baseline).")],
+    data: Annotated[str, typer.Option(help="Data file or built-in dataset to evaluate on.")],
+    task: TaskOpt = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
+    set_: Sets = None,
+    debug: Debug = False,
+):
+    """Evaluate on labelled data: accuracy, macro-F1, per-class scores, confusion matrix."""
+
+    def run_():
+        from ftkit.inference import evaluate
+        from ftkit.models import load_trained
+        from ftkit.report import print_eval
+
+        metrics = evaluate(load_trained(run, task), data, set_ or [], batch_size)
+        print_eval(metrics)
+        if output:
+            _emit(metrics, output)
+
+    _guard(run_, debug)
+
+
+@app.command()
+def predict(
+    run: Annotated[str, typer.Argument(help="Run dir, exported checkpoint, or a model.")],
+    text: Annotated[Optional[str], typer.Option(help="One input text.")] = None,
+    file: Annotated[Optional[str], typer.Option(help="A data file; every row is predicted.")] = None,
+    task: TaskOpt = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write jsonl here (default: stdout).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 32,
+    set_: Sets = None,
+    debug: Debug = False,
+):
+    """Predict labels with probabilities, as JSON lines."""
+
+    def run_():
+        from ftkit.inference import predict as run_predict
+        from ftkit.models import load_trained
+
+        if (text is None) == (file is None):
+            raise UsageError("predict: give exactly one of --text or --file")
+        _emit(run_predict(load_trained(run, task), text=text, file=file, sets=set_ or [], batch_size=batch_size),
+              output)
+
+    _guard(run_, debug)
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="A finished run dir.")],
+    output: Annotated[str, typer.Option(help="Directory to write (must be new or empty).")],
+    merge: Annotated[bool, typer.Option("--merge", help="Merge the adapter into the base: a plain transformers "
+                                                        "checkpoint (the default).")] = False,
+    adapter_only: Annotated[bool, typer.Option("--adapter-only", help="Copy only the PEFT adapter (+ tokenizer, "
+                                                                      "label maps).")] = False,
+    debug: Debug = False,
+):
+    """Export a run as a plain checkpoint (merged) or as its adapter alone."""
+
+    def run_():
+        if merge and adapter_only:
+            raise UsageError("export: --merge and --adapter-only exclude each other")
+        from ftkit.export import export as run_export
+
+        typer.echo(f"exported to {run_export(run, output, adapter_only=adapter_only)}")
+
+    _guard(run_, debug)
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="Built-in model name or checkpoint dir.")] = "minilm",
+    task: Annotated[str, typer.Option(help="Task family.")] = "cls",
+    method: Annotated[str, typer.Option(help="Fine-tuning method.")] = "lora",
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    set_: Sets = None,
+    debug: Debug = False,
+):
+    """Parameters (total, trainable for the method) and memory footprint of a model."""
+
+    def run_():
+        from ftkit.info import info as run_info
+        from ftkit.report import print_info
+
+        result = run_info(model, task, method, set_ or [])
+        if json_:
+            _emit(result, None)
+        else:
+            print_info(result)
+
+    _guard(run_, debug)
+
+
+@app.command()
+def recipes(
+    name: Annotated[Optional[str], typer.Argument(help="Print this recipe.")] = None,
+    debug: Debug = False,
+):
+    """List the shipped recipes (or print one); pass a name to `ftkit train`."""
+
+    def run_():
+        from ftkit import recipes as rec
+
+        if name:
+            typer.echo(rec.find(name).read_text(encoding="utf-8"), nl=False)
+            return
+        for stem, path in rec.shipped().items():
+            typer.echo(f"{stem:<20} {rec.describe(path)}")
+
+    _guard(run_, debug)
+
+
+def main() -> None:
+    app(prog_name="ftkit")

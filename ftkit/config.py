@@ -1,0 +1,328 @@
+"""Typed run configuration: built-in defaults < recipe YAML < typed flags < ``--set key=value``.
+
+Every field carries its help text (``metadata["help"]``) so the same words serve ``--help``, recipes and docs.
+Task- and method-specific parameters live on the task/method objects (``params`` dataclasses); this module only
+knows how to merge layers, coerce values and reject unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftkit.errors import UsageError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("minilm", "A built-in model name (see `ftkit info --help`) or a local Hugging Face checkpoint dir.")
+    trust_remote_code: bool = _f(False, "Allow running code shipped with the checkpoint. Off unless you trust it.")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("polarity", "Training data: a csv/tsv/jsonl/json/parquet file or a built-in dataset name.")
+    eval: str | None = _f(None, "Evaluation data file; when absent a seeded held-out split of `train` is used.")
+    eval_fraction: float = _f(0.1, "Share of `train` held out for evaluation when `eval` is not given.")
+    columns: dict = _f({}, "Column names by role, e.g. {text: sentence, label: y}; roles depend on the task.")
+    max_length: int = _f(128, "Truncate tokenized inputs to this many tokens.")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(3.0, "Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = _f(None, "Stop after this many optimizer steps (overrides epochs).")
+    lr: float | None = _f(None, "Peak learning rate; default depends on the method (e.g. 5e-4 LoRA, 3e-5 full).")
+    batch_size: int = _f(32, "Examples per device per forward pass.")
+    grad_accum: int = _f(1, "Forward passes accumulated per optimizer step (effective batch = batch_size * this).")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norm weights).")
+    warmup_ratio: float = _f(0.06, "Share of the optimizer steps spent warming the learning rate up from 0.")
+    max_grad_norm: float = _f(1.0, "Clip gradients to this global norm (0 disables clipping).")
+    precision: str = _f("fp32", "fp32, bf16 or fp16 (fp16 needs CUDA).")
+    seed: int = _f(42, "Seed for initialisation, shuffling and the held-out split.")
+    eval_every: int | None = _f(None, "Evaluate every N optimizer steps; default once per epoch. Always at the end.")
+    log_every: int = _f(10, "Log the training loss every N optimizer steps.")
+    patience: int = _f(0, "Stop after N evaluations without improvement of the main metric (0 = never).")
+    group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding (shuffled).")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class Config:
+    task: Any = _f("cls", "Task family: its name, or a mapping with `name` and the task's parameters.")
+    method: Any = _f("lora", "Fine-tuning method: its name, or a mapping with `name` and the method's parameters.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str | None = _f(None, "Run directory to write.")
+
+    @property
+    def task_name(self) -> str:
+        return self.task["name"]
+
+    @property
+    def method_name(self) -> str:
+        return self.method["name"]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+PLUGGABLE = ("task", "method")  # sections whose valid keys depend on the chosen entry's `params` dataclass
+
+
+# --------------------------------------------------------------------------------------------- merging layers
+def parse_set(items: list[str]) -> dict:
+    """``["train.lr=1e-4", "method.r=16"]`` -> nested dict; values parsed as YAML scalars/lists."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and "," in value and not raw.startswith(("'", '"')):
+            value = [v.strip() for v in value.split(",")]
+        _set_dotted(out, key, value)
+    return out
+
+
+def _set_dotted(d: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise UsageError(f"--set {dotted}: {p!r} is not a section")
+    d[parts[-1]] = value
+
+
+def load_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: recipe file not found") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of config keys at the top level, found {type(data).__name__}")
+    return data
+
+
+def _normalise_pluggable(layer: dict, where: str) -> dict:
+    layer = dict(layer)
+    for key in PLUGGABLE:
+        if key in layer:
+            v = layer[key]
+            if isinstance(v, str):
+                layer[key] = {"name": v}
+            elif isinstance(v, dict):
+                layer[key] = dict(v)
+            else:
+                raise UsageError(f"{where}: {key}: expected a name or a mapping, found {v!r}")
+    return layer
+
+
+def merge_layers(layers: list[tuple[str, dict]]) -> dict:
+    """Deep-merge config layers, lowest precedence first. A layer that switches the task/method to another
+    name drops the parameters lower layers gave the previous one (they would not apply)."""
+    merged: dict = {}
+    for where, layer in layers:
+        layer = _normalise_pluggable(layer, where)
+        for key, value in layer.items():
+            if key in PLUGGABLE:
+                cur = merged.get(key, {})
+                if "name" in value and cur.get("name") not in (None, value["name"]):
+                    cur = {}
+                merged[key] = {**cur, **value}
+            elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = _deep_merge(merged[key], value)
+            else:
+                merged[key] = value
+    return merged
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# --------------------------------------------------------------------------------------------- building
+def build(raw: dict) -> Config:
+    """Validate a merged raw dict into a typed Config. Raises UsageError naming the bad key."""
+    from ftkit.methods import METHODS
+    from ftkit.tasks import TASKS
+
+    raw = _normalise_pluggable(raw, "config")
+    known = {f.name for f in dataclasses.fields(Config)}
+    _reject_unknown(raw, known, "")
+    kwargs: dict = {}
+    for name, cls in SECTIONS.items():
+        section = raw.get(name, {})
+        if not isinstance(section, dict):
+            raise UsageError(f"config key {name!r}: expected a mapping, found {section!r}")
+        kwargs[name] = make_dataclass(cls, section, prefix=f"{name}.")
+    for name, registry in (("task", TASKS), ("method", METHODS)):
+        section = dict(raw.get(name, {}))
+        section.setdefault("name", Config.__dataclass_fields__[name].default)
+        entry = registry.get(section.pop("name"))
+        params = make_dataclass(entry.params, section, prefix=f"{name}.")
+        kwargs[name] = {"name": entry.name, **dataclasses.asdict(params)}
+    if raw.get("output") is not None:
+        kwargs["output"] = coerce(raw["output"], str, "output")
+    cfg = Config(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def _reject_unknown(d: dict, valid: set[str], prefix: str) -> None:
+    for key in d:
+        if key not in valid:
+            raise UsageError(f"unknown config key {prefix + str(key)!r}; valid keys: {', '.join(sorted(valid))}")
+
+
+def make_dataclass(cls, values: dict, prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(values, set(fields), prefix)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: coerce(v, hints[k], prefix + k) for k, v in values.items()})
+
+
+def coerce(value, tp, key: str):
+    """Check/convert ``value`` to the annotated type ``tp``; UsageError naming ``key`` otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except UsageError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list or tp is list:
+        (item,) = typing.get_args(tp) or (str,)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise UsageError(f"config key {key!r}: expected a list, got {value!r}")
+        return [coerce(v, item, key) for v in value]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"config key {key!r}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UsageError(f"config key {key!r}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-4" as a string
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UsageError(f"config key {key!r}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UsageError(f"config key {key!r}: expected a string, got {value!r}")
+    return value
+
+
+def _check(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise UsageError(f"config key {key!r}: got {value!r}, expected {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that need no model. The task/method objects check their own parameters."""
+    from ftkit.methods import METHODS
+    from ftkit.tasks import TASKS
+
+    t, d = cfg.train, cfg.data
+    _check(t.epochs > 0, "train.epochs", t.epochs, "a number > 0")
+    _check(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "an integer > 0")
+    _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a number > 0")
+    _check(t.batch_size > 0, "train.batch_size", t.batch_size, "an integer > 0")
+    _check(t.grad_accum > 0, "train.grad_accum", t.grad_accum, "an integer > 0")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "a number in [0, 1)")
+    _check(t.max_grad_norm >= 0, "train.max_grad_norm", t.max_grad_norm, "a number >= 0")
+    _check(t.precision in PRECISIONS, "train.precision", t.precision, " or ".join(PRECISIONS))
+    _check(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every, "an integer > 0")
+    _check(t.log_every > 0, "train.log_every", t.log_every, "an integer > 0")
+    _check(t.patience >= 0, "train.patience", t.patience, "an integer >= 0")
+    _check(0 < d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
+    _check(d.max_length > 0, "data.max_length", d.max_length, "an integer > 0")
+    task = TASKS.get(cfg.task_name)
+    roles = set(task.columns)
+    _reject_unknown(d.columns, roles, "data.columns.")
+    for role, col in d.columns.items():
+        _check(isinstance(col, str) and col != "", f"data.columns.{role}", col, "a column name")
+    METHODS.get(cfg.method_name).validate(cfg)
+    if t.precision == "fp16":
+        import torch  # only on this path; never for --help
+
+        if not torch.cuda.is_available():
+            raise UsageError("config key 'train.precision': fp16 needs a CUDA GPU (on CPU it silently runs in "
+                             "fp32); use bf16 or fp32")
+
+
+def resolve(recipe: Path | None, flags: dict, sets: list[str]) -> Config:
+    """defaults < recipe < flags < --set, then validate."""
+    layers: list[tuple[str, dict]] = []
+    if recipe is not None:
+        layers.append((str(recipe), load_yaml(recipe)))
+    layers.append(("command-line flags", flags))
+    layers.append(("--set", parse_set(sets)))
+    return build(merge_layers(layers))
+
+
+def dump_yaml(cfg: Config, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def field_help(cls) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -1,0 +1,172 @@
+"""Reading training data (files or built-in datasets) into columns, column mapping, held-out splits."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftkit.errors import UsageError
+
+FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+@dataclass
+class Table:
+    """Columns of equal length, plus where each row came from (for error messages)."""
+
+    source: str
+    columns: dict[str, list]
+    where: list[str] = field(default_factory=list)  # e.g. "line 12" per row; empty = "row i"
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def locate(self, i: int) -> str:
+        return f"{self.source}: {self.where[i] if self.where else f'row {i + 1}'}"
+
+    def column(self, name: str, role: str) -> list:
+        if name not in self.columns:
+            found = ", ".join(self.columns) or "none"
+            raise UsageError(f"{self.source}: no column {name!r} for the {role} (set data.columns.{role}=...); "
+                             f"columns found: {found}")
+        return self.columns[name]
+
+    def select(self, idx: list[int]) -> Table:
+        return Table(self.source, {k: [v[i] for i in idx] for k, v in self.columns.items()},
+                     [self.where[i] for i in idx] if self.where else [f"row {i + 1}" for i in idx])
+
+
+def read_table(spec: str) -> Table:
+    """A built-in dataset name or a path to csv/tsv/jsonl/json/parquet."""
+    from ftkit import catalog
+
+    if spec in catalog.DATASETS:
+        return catalog.load_dataset(spec)
+    path = Path(spec)
+    if not path.exists():
+        raise UsageError(f"{spec}: no such file, and not a built-in dataset ({', '.join(catalog.DATASETS)})")
+    if path.is_dir():
+        raise UsageError(f"{spec}: is a directory; expected a data file ({', '.join(FORMATS)})")
+    suffix = path.suffix.lower()
+    reader = _READERS.get(suffix)
+    if reader is None:
+        raise UsageError(f"{spec}: unknown data format {suffix or '(no extension)'!r}; expected one of "
+                         f"{', '.join(FORMATS)}")
+    table = reader(path)
+    if len(table) == 0:
+        raise UsageError(f"{spec}: no data rows")
+    return table
+
+
+def _text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UsageError(f"{path}: line {line}: not UTF-8 (byte {raw[e.start]:#04x}); re-save the file as UTF-8") \
+            from None
+
+
+def _from_rows(path: Path, rows: list[dict], where: list[str]) -> Table:
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r))
+    return Table(str(path), {n: [r.get(n) for r in rows] for n in names}, where)
+
+
+def _read_delimited(path: Path, delimiter: str) -> Table:
+    reader = csv.reader(_text(path).splitlines(keepends=True), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return Table(str(path), {})
+        rows, where = [], []
+        for values in reader:
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue
+            if len(values) != len(header):
+                raise UsageError(f"{path}: line {reader.line_num}: expected {len(header)} fields "
+                                 f"({', '.join(header)}), found {len(values)}")
+            rows.append(dict(zip(header, values)))
+            where.append(f"line {reader.line_num}")
+    except csv.Error as e:
+        raise UsageError(f"{path}: line {reader.line_num}: malformed {path.suffix[1:].upper()}: {e}") from None
+    table = _from_rows(path, rows, where)
+    if not rows:
+        table.columns = {h: [] for h in header}
+    return table
+
+
+def _read_jsonl(path: Path) -> Table:
+    rows, where = [], []
+    for n, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}: line {n}: invalid JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise UsageError(f"{path}: line {n}: expected a JSON object, found {type(obj).__name__}")
+        rows.append(obj)
+        where.append(f"line {n}")
+    return _from_rows(path, rows, where)
+
+
+def _read_json(path: Path) -> Table:
+    try:
+        obj = json.loads(_text(path))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: line {e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    if isinstance(obj, dict) and all(isinstance(v, list) for v in obj.values()):  # {column: [values]}
+        lengths = {len(v) for v in obj.values()}
+        if len(lengths) > 1:
+            raise UsageError(f"{path}: columns have different lengths: "
+                             + ", ".join(f"{k}={len(v)}" for k, v in obj.items()))
+        return Table(str(path), obj)
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        raise UsageError(f"{path}: expected a list of JSON objects (or an object of column lists)")
+    return _from_rows(path, obj, [f"item {i + 1}" for i in range(len(obj))])
+
+
+def _read_parquet(path: Path) -> Table:
+    import pyarrow.parquet as pq
+
+    try:
+        return Table(str(path), pq.read_table(path).to_pydict())
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UsageError(f"{path}: cannot read as parquet: {e}") from None
+
+
+_READERS = {
+    ".csv": lambda p: _read_delimited(p, ","),
+    ".tsv": lambda p: _read_delimited(p, "\t"),
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".parquet": _read_parquet,
+}
+
+
+def held_out_split(table: Table, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row indices (train, eval) of a seeded shuffle split: the same seed and data always give the same split."""
+    idx = list(range(len(table)))
+    random.Random(seed).shuffle(idx)
+    n_eval = max(1, round(len(idx) * fraction))
+    if len(idx) - n_eval < 1:
+        raise UsageError(f"{table.source}: {len(idx)} rows are too few to hold out an eval split; "
+                         "pass --eval-data")
+    return sorted(idx[n_eval:]), sorted(idx[:n_eval])
+
+
+def fingerprint(spec: str) -> str:
+    """Identifies the content of a data spec for caching (file size + mtime, or the built-in's name)."""
+    from ftkit import catalog
+
+    if spec in catalog.DATASETS:
+        return f"builtin:{spec}:{catalog.DATASETS[spec].version}"
+    st = Path(spec).stat()
+    return f"{Path(spec).resolve()}:{st.st_size}:{st.st_mtime_ns}"

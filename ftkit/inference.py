@@ -1,0 +1,49 @@
+"""`ftkit eval` and `ftkit predict` on a run dir, an exported checkpoint or a plain model."""
+
+from __future__ import annotations
+
+from ftkit import config as config_mod
+from ftkit.data import Table, read_table
+from ftkit.errors import UsageError
+
+
+def settings(loaded, sets: list[str]) -> config_mod.Config:
+    """The run's own config (column names, max length), or defaults for a plain checkpoint; then --set."""
+    base = loaded.cfg.to_dict() if loaded.cfg else {"task": loaded.task.name}
+    base.pop("output", None)
+    return config_mod.build(config_mod.merge_layers([("run config", base), ("--set", config_mod.parse_set(sets))]))
+
+
+def model_labels(model) -> list[str]:
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from ftkit.loop import evaluate as run_eval
+
+    cfg = settings(loaded, sets)
+    task = loaded.task
+    table = read_table(data)
+    labels = model_labels(loaded.model)
+    targets = task.targets(table, cfg, labels)
+    enc = task.encode(loaded.tokenizer, table, cfg)
+    feats = [{**{k: v[i] for k, v in enc.items()}, "labels": targets[i]} for i in range(len(table))]
+    accelerator = Accelerator()
+    loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=task.collator(loaded.tokenizer)))
+    model = accelerator.prepare(loaded.model)
+    return {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, accelerator)}
+
+
+def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batch_size: int = 32) -> list[dict]:
+    cfg = settings(loaded, sets)
+    if text is not None:
+        if not text.strip():
+            raise UsageError("--text: empty text")
+        table = Table("--text", {cfg.data.columns.get("text", loaded.task.columns["text"]): [text]})
+    else:
+        table = read_table(file)
+    return loaded.task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size)

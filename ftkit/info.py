@@ -1,0 +1,38 @@
+"""`ftkit info`: parameter counts for a method and the memory the weights and training state take."""
+
+from __future__ import annotations
+
+from ftkit import config as config_mod
+
+
+def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> dict:
+    """Built on the meta device: no weights are read, so this is instant even for large checkpoints."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    from ftkit.methods import METHODS
+    from ftkit.models import base_model_path, quiet_libraries
+    from ftkit.tasks import TASKS
+    from ftkit.train import count_params
+
+    cfg = config_mod.build(config_mod.merge_layers([
+        ("flags", {"task": task_name, "method": method_name, "model": {"name": model_name}}),
+        ("--set", config_mod.parse_set(sets))]))
+    task, method = TASKS.get(cfg.task_name), METHODS.get(cfg.method_name)
+    quiet_libraries()
+    path = base_model_path(cfg.model.name)
+    labels = ["0", "1"]
+    model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
+                                              trust_remote_code=cfg.model.trust_remote_code)
+    with init_empty_weights():
+        model = task.model_class().from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
+        model = method.apply(model, cfg.method, task.head_modules(model))
+    trainable, total = count_params(model)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # fp32 gradient + AdamW's two fp32 moments per trainable parameter; activations come on top and depend on
+    # batch size and sequence length.
+    train_state = 12 * trainable
+    return {"model": cfg.model.name, "path": str(path), "task": task.name, "method": method.name,
+            "total_params": total, "trainable_params": trainable,
+            "trainable_share": trainable / total, "weights_bytes": weight_bytes,
+            "training_state_bytes": train_state, "weights_plus_training_state_bytes": weight_bytes + train_state}

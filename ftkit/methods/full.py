@@ -1,0 +1,25 @@
+"""Full fine-tuning: every parameter is trained; the run dir holds a complete checkpoint."""
+
+from dataclasses import dataclass
+
+from ftkit.methods import METHODS
+
+
+@dataclass
+class FullParams:
+    """Full fine-tuning has no parameters of its own."""
+
+
+@METHODS.register("full")
+class Full:
+    name = "full"
+    params = FullParams
+    default_lr = 3e-5
+    description = "train every weight"
+
+    def validate(self, cfg) -> None:
+        pass
+
+    def apply(self, model, params: dict, head: list[str]):
+        model.requires_grad_(True)
+        return model

@@ -1,0 +1,30 @@
+"""Head-only: the pretrained backbone is frozen and only the task head learns (a linear probe)."""
+
+from dataclasses import dataclass
+
+from ftkit.errors import UsageError
+from ftkit.methods import METHODS
+
+
+@dataclass
+class HeadParams:
+    """Head-only training has no parameters of its own."""
+
+
+@METHODS.register("head")
+class Head:
+    name = "head"
+    params = HeadParams
+    default_lr = 1e-3  # a freshly initialised head on frozen features wants a large step
+    description = "freeze the backbone, train the task head"
+
+    def validate(self, cfg) -> None:
+        pass
+
+    def apply(self, model, params: dict, head: list[str]):
+        if not head:
+            raise UsageError(f"{type(model).__name__} has no task head outside its backbone; use --method lora")
+        model.requires_grad_(False)
+        for name in head:
+            getattr(model, name).requires_grad_(True)
+        return model

@@ -1,0 +1,105 @@
+"""Loading base models and tokenizers for training, and loading finished run dirs / exported checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftkit import catalog
+from ftkit.errors import UsageError
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' expected-but-noisy load messages (new head weights, etc.) out of the user's terminal."""
+    import warnings
+
+    import transformers
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft 0.21
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(f"{path}: cannot load a tokenizer from this checkpoint ({str(e).splitlines()[0]})") from None
+    if not tok.is_fast:
+        raise UsageError(f"{path}: ftkit needs a fast (Rust) tokenizer; this checkpoint only has a slow one")
+    return tok
+
+
+def base_model_path(name: str) -> Path:
+    path = catalog.resolve_model(name)
+    if (path / "adapter_config.json").exists():
+        raise UsageError(f"{name}: is an adapter run dir, not a base model; export it with "
+                         f"`ftkit export {name} --merge --output DIR` and train from DIR")
+    return path
+
+
+def load_for_training(cfg, task, labels: list[str]):
+    """Base model with the task head for ``labels`` -> (model, tokenizer, base path)."""
+    path = base_model_path(cfg.model.name)
+    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
+    model = task.model_class().from_pretrained(
+        path, **task.config_overrides(labels), trust_remote_code=cfg.model.trust_remote_code,
+        ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a fresh head
+    )
+    return model, tokenizer, path
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    task: object
+    cfg: object  # the run's Config, or None for a plain checkpoint
+    path: Path
+
+
+def load_trained(name: str, task_name: str | None = None) -> Loaded:
+    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline)."""
+    from ftkit import config as config_mod
+    from ftkit.tasks import TASKS
+
+    path = catalog.resolve_model(name) if not Path(name).is_dir() else Path(name)
+    cfg = None
+    if (path / "ftkit.yaml").is_file():
+        if not (path / "metrics.json").is_file():
+            raise UsageError(f"{path}: training did not finish in this run dir (no metrics.json); nothing to load")
+        cfg = config_mod.build(config_mod.load_yaml(path / "ftkit.yaml"))
+        task_name = task_name or cfg.task_name
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{path}: not a run dir or Hugging Face checkpoint (no config.json)")
+    task = TASKS.get(task_name or _task_from_architecture(path))
+    quiet_libraries()
+    from transformers import AutoConfig
+
+    trust = bool(cfg and cfg.model.trust_remote_code)
+    model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftConfig, PeftModel
+
+        base = PeftConfig.from_pretrained(path).base_model_name_or_path
+        model = task.model_class().from_pretrained(base, config=model_config, trust_remote_code=trust)
+        model = PeftModel.from_pretrained(model, path)
+    else:
+        model = task.model_class().from_pretrained(path, config=model_config, trust_remote_code=trust)
+    model.eval()
+    return Loaded(model, load_tokenizer(path, trust), task, cfg, path)
+
+
+def _task_from_architecture(path: Path) -> str:
+    from ftkit.tasks import TASKS
+
+    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    for name in TASKS.names():
+        suffix = TASKS.get(name).architecture_suffix
+        if any(a.endswith(suffix) for a in archs):
+            return name
+    raise UsageError(f"{path}: cannot tell the task from its architectures {archs}; pass --task "
+                     f"({'|'.join(TASKS.names())})")

@@ -1,0 +1,33 @@
+"""Shipped recipes: YAML files in the repository's tasks/ folder. A recipe's first comment line describes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftkit.errors import UsageError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "tasks"
+
+
+def shipped() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def describe(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def find(spec: str) -> Path:
+    """A recipe file path, or the name of a shipped recipe."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    recipes = shipped()
+    if spec in recipes:
+        return recipes[spec]
+    if path.suffix in (".yaml", ".yml"):
+        raise UsageError(f"{spec}: recipe file not found")
+    raise UsageError(f"{spec}: not a recipe file nor a shipped recipe ({', '.join(recipes) or 'none'})")

@@ -1,0 +1,149 @@
+"""What a run tells the user: the progress display, metrics.jsonl, and the run dir's model card."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+class Reporter:
+    """Writes metrics.jsonl and shows progress: a rich bar on a terminal, plain log lines otherwise (CI logs).
+    Only the main process reports (``enabled``)."""
+
+    def __init__(self, run_dir: Path, main_metric: str, enabled: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.main_metric = main_metric
+        self.enabled = enabled
+        self.history: list[dict] = []
+        self._progress = None
+
+    def _write(self, record: dict) -> None:
+        self.history.append(record)
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def start(self, total: int) -> None:
+        if not self.enabled:
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
+            self._task = self._progress.add_task("train", total=total, info="")
+            self._progress.start()
+        self.total = total
+
+    def log(self, record: dict) -> None:
+        self._write({"type": "train", **record})
+        if not self.enabled:
+            return
+        info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['samples_per_s']:.1f} samples/s"
+        if self._progress:
+            self._progress.update(self._task, completed=record["step"], info=info)
+        else:
+            print(f"step {record['step']}/{self.total}  {info}", file=sys.stderr, flush=True)
+
+    def eval(self, step: int, metrics: dict) -> None:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._write({"type": "eval", "step": step, **{f"eval_{k}": v for k, v in scalars.items()}})
+        self.note(f"eval @ step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+
+    def note(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._progress:
+            self._progress.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self._progress:
+            self._progress.stop()
+            self._progress = None
+
+
+def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, seconds: float, n_train: int,
+               n_eval: int, adapter: bool, auto_class: str) -> str:
+    """The run dir's README.md: what was trained, on what, how well, and how to load it without ftkit."""
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scalars.items())
+    if adapter:  # AutoModelForX -> AutoPeftModelForX; the base weights path is in adapter_config.json
+        peft_class = auto_class.replace("AutoModel", "AutoPeftModel", 1)
+        load = f"from peft import {peft_class}\nmodel = {peft_class}.from_pretrained(RUN_DIR)"
+    else:
+        load = f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained(RUN_DIR)"
+    return f"""---
+base_model: {base}
+library_name: {"peft" if adapter else "transformers"}
+tags: [ftkit, {cfg.task_name}, {cfg.method_name}]
+datasets: [{cfg.data.train}]
+---
+
+# {cfg.task_name} / {cfg.method_name} fine-tune of `{cfg.model.name}`
+
+Trained with ftkit on `{cfg.data.train}` ({n_train} training rows, {n_eval} held-out rows) in {seconds:.0f} s.
+Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%).
+
+## Results (best evaluation, step {metrics.get("step", "?")})
+
+| metric | value |
+|---|---|
+{rows}
+
+## Reproduce
+
+```
+ftkit train ftkit.yaml --output NEW_RUN_DIR
+```
+
+## Load without ftkit
+
+```python
+{load}
+```
+"""
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def print_eval(metrics: dict) -> None:
+    """Headline metrics, then a per-class table when the task reports one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    console.print("  ".join(f"[bold]{k}[/] {v:.4f}" if isinstance(v, float) else f"[bold]{k}[/] {v}"
+                            for k, v in scalars.items()))
+    per_class = metrics.get("per_class")
+    if per_class:
+        table = Table("class", "precision", "recall", "f1", "support")
+        for name, m in per_class.items():
+            table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+        console.print(table)
+
+
+def print_info(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("", "", show_header=False)
+    table.add_row("model", f"{info['model']} ({info['path']})")
+    table.add_row("task / method", f"{info['task']} / {info['method']}")
+    table.add_row("parameters", f"{info['total_params']:,}")
+    table.add_row("trainable", f"{info['trainable_params']:,} ({100 * info['trainable_share']:.2f}%)")
+    table.add_row("weights in memory", _human_bytes(info["weights_bytes"]))
+    table.add_row("+ gradients and AdamW state", _human_bytes(info["training_state_bytes"]))
+    table.add_row("training total (before activations)", _human_bytes(info["weights_plus_training_state_bytes"]))
+    Console().print(table)

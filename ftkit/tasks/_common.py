@@ -1,0 +1,57 @@
+"""Pieces shared by the task modules: padding collator, head discovery, label-space helpers."""
+
+from __future__ import annotations
+
+from ftkit.data import Table
+from ftkit.errors import UsageError
+
+
+def pad_collate(pad_id: int, label_pad: int | None = None):
+    """Dynamic padding to the longest sequence in the batch (no waste from a fixed max length)."""
+    import torch
+
+    def collate(features: list[dict]) -> dict:
+        width = max(len(f["input_ids"]) for f in features)
+        batch: dict = {}
+        for key in features[0]:
+            values = [f[key] for f in features]
+            if isinstance(values[0], list):
+                fill = pad_id if key == "input_ids" else (label_pad if key == "labels" else 0)
+                batch[key] = torch.tensor([v + [fill] * (width - len(v)) for v in values])
+            else:
+                batch[key] = torch.tensor(values)
+        batch["attention_mask"] = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
+                                                for f in features])
+        return batch
+
+    return collate
+
+
+def head_modules(model) -> list[str]:
+    """Names of the top-level modules outside the pretrained backbone (e.g. ``classifier``, ``score``).
+
+    The backbone is ``model.<base_model_prefix>``; everything else with parameters is the task head.
+    """
+    prefix = model.base_model_prefix
+    return [n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())]
+
+
+def label_name(value, table: Table, i: int) -> str:
+    """Labels are kept as strings ("positive", "3"); ints and integral floats are accepted too."""
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise UsageError(f"{table.locate(i)}: missing or invalid label {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise UsageError(f"{table.locate(i)}: label {value!r} is not a class name or an integer")
+        value = int(value)
+    if not isinstance(value, (str, int)):
+        raise UsageError(f"{table.locate(i)}: label {value!r} must be a string or an integer")
+    return str(value).strip()
+
+
+def sort_labels(names: set[str]) -> list[str]:
+    """Integer labels in numeric order (so label i gets id i when labels are 0..K-1), others alphabetically."""
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)

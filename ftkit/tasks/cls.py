@@ -1,0 +1,127 @@
+"""Sequence classification (``--task cls``): single sentences or sentence pairs, string or integer labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftkit.data import Table
+from ftkit.errors import UsageError
+from ftkit.tasks import TASKS
+from ftkit.tasks._common import head_modules, label_name, pad_collate, sort_labels
+
+
+@dataclass
+class ClsParams:
+    """cls has no task-specific parameters yet (columns are under data.columns)."""
+
+
+@TASKS.register("cls")
+class Classification:
+    name = "cls"
+    params = ClsParams
+    columns = {"text": "text", "text_pair": "text_pair", "label": "label"}  # role -> default column
+    optional = {"text_pair"}
+    main_metric = "accuracy"
+    architecture_suffix = "ForSequenceClassification"
+    description = "sequence classification (single sentence or sentence pair)"
+
+    # ------------------------------------------------------------------ data
+    def _col(self, cfg, role: str) -> str:
+        return cfg.data.columns.get(role, self.columns[role])
+
+    def label_space(self, table: Table, cfg) -> list[str]:
+        col = table.column(self._col(cfg, "label"), "label")
+        return sort_labels({label_name(v, table, i) for i, v in enumerate(col)})
+
+    def texts(self, table: Table, cfg) -> tuple[list[str], list[str] | None]:
+        """The text (and pair) columns, validated: every row must have non-empty text."""
+        text = table.column(self._col(cfg, "text"), "text")
+        pair_col = self._col(cfg, "text_pair")
+        pair = table.columns.get(pair_col) if ("text_pair" in cfg.data.columns or pair_col in table.columns) else None
+        if "text_pair" in cfg.data.columns and pair is None:
+            table.column(pair_col, "text_pair")  # raises, listing the columns found
+        for values in (text, pair or []):
+            for i, v in enumerate(values):
+                if not isinstance(v, str) or not v.strip():
+                    raise UsageError(f"{table.locate(i)}: empty or non-text value {v!r} in the text column")
+        return text, pair
+
+    def encode(self, tokenizer, table: Table, cfg) -> dict[str, list[list[int]]]:
+        text, pair = self.texts(table, cfg)
+        enc = tokenizer(text, pair, truncation=True, max_length=cfg.data.max_length)
+        return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
+
+    def targets(self, table: Table, cfg, labels: list[str]) -> list[int]:
+        ids = {name: i for i, name in enumerate(labels)}
+        out = []
+        for i, v in enumerate(table.column(self._col(cfg, "label"), "label")):
+            name = label_name(v, table, i)
+            if name not in ids:
+                raise UsageError(f"{table.locate(i)}: label {name!r} was not seen in training "
+                                 f"(known: {', '.join(labels)})")
+            out.append(ids[name])
+        return out
+
+    def collator(self, tokenizer):
+        return pad_collate(tokenizer.pad_token_id)
+
+    # ------------------------------------------------------------------ model
+    def model_class(self):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def config_overrides(self, labels: list[str]) -> dict:
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {n: i for i, n in enumerate(labels)}}
+
+    def head_modules(self, model) -> list[str]:
+        return head_modules(model)
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_batch(self, model, batch):
+        """-> (mean loss over the batch, predictions, references), all tensors on the batch's device."""
+        out = model(**batch)
+        return out.loss, out.logits.argmax(-1), batch["labels"]
+
+    def metrics(self, preds, refs, labels: list[str]) -> dict:
+        import numpy as np
+
+        preds, refs = np.asarray(preds), np.asarray(refs)
+        k = len(labels)
+        cm = np.zeros((k, k), dtype=np.int64)  # rows: true label, columns: predicted
+        np.add.at(cm, (refs, preds), 1)
+        tp = np.diag(cm).astype(float)
+        precision = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
+        recall = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+        present = cm.sum(1) > 0  # macro-F1 over the classes that occur in the references
+        return {
+            "accuracy": float(tp.sum() / max(1, len(refs))),
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                                 "support": int(cm[i].sum())} for i, name in enumerate(labels)},
+            "confusion_matrix": {"labels": labels, "matrix": cm.tolist()},
+        }
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32) -> list[dict]:
+        import torch
+
+        text, pair = self.texts(table, cfg)
+        id2label = model.config.id2label
+        out = []
+        model.eval()
+        with torch.inference_mode():
+            for s in range(0, len(text), batch_size):
+                enc = tokenizer(text[s:s + batch_size], pair[s:s + batch_size] if pair else None, truncation=True,
+                                max_length=cfg.data.max_length, padding=True, return_tensors="pt")
+                probs = model(**enc.to(model.device)).logits.float().softmax(-1).cpu()
+                for j, p in enumerate(probs):
+                    row = {"text": text[s + j]}
+                    if pair:
+                        row["text_pair"] = pair[s + j]
+                    row["label"] = id2label[int(p.argmax())]
+                    row["probs"] = {id2label[c]: round(float(v), 6) for c, v in enumerate(p)}
+                    out.append(row)
+        return out
