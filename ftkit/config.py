@@ -63,9 +63,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class Config:
     task: Any = _f("cls", "Task family: its name, or a mapping with `name` and the task's parameters.")
     method: Any = _f("lora", "Fine-tuning method: its name, or a mapping with `name` and the method's parameters.")
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The base model."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training/evaluation data."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation and evaluation."})
     output: str | None = _f(None, "Run directory to write.")
 
     @property
@@ -126,7 +126,7 @@ def load_yaml(path: Path) -> dict:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f" line {mark.line + 1}:" if mark else ""
         raise UsageError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
     if data is None:
         return {}

@@ -69,13 +69,19 @@ class Reporter:
 
 
 def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, seconds: float, n_train: int,
-               n_eval: int, adapter: bool, auto_class: str) -> str:
+               n_eval: int, adapter: bool, auto_class: str, labelled: bool) -> str:
     """The run dir's README.md: what was trained, on what, how well, and how to load it without ftkit."""
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scalars.items())
     if adapter:  # AutoModelForX -> AutoPeftModelForX; the base weights path is in adapter_config.json
         peft_class = auto_class.replace("AutoModel", "AutoPeftModel", 1)
-        load = f"from peft import {peft_class}\nmodel = {peft_class}.from_pretrained(RUN_DIR)"
+        load = f"from peft import {peft_class}\n"
+        if labelled:  # the base's config has no label maps: pass the run's (config.json)
+            load += ("from transformers import AutoConfig\nlabels = AutoConfig.from_pretrained(RUN_DIR)\n"
+                     f"model = {peft_class}.from_pretrained(RUN_DIR, num_labels=labels.num_labels,\n"
+                     "    id2label=labels.id2label, label2id=labels.label2id)")
+        else:
+            load += f"model = {peft_class}.from_pretrained(RUN_DIR)"
     else:
         load = f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained(RUN_DIR)"
     return f"""---

@@ -142,7 +142,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
         (run_dir / "README.md").write_text(model_card(
             cfg, base=str(base_path), trainable=trainable, total=total, metrics=result.best,
             seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,
-            auto_class=task.model_class().__name__), encoding="utf-8")
+            auto_class=task.model_class().__name__, labelled="id2label" in task.config_overrides(labels)),
+            encoding="utf-8")
         # Written last: its presence marks the run dir as complete.
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     accelerator.wait_for_everyone()

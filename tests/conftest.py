@@ -1,0 +1,116 @@
+"""Fixtures: a tiny random BERT checkpoint with its own WordPiece vocabulary, tiny sentiment data, and a helper
+that runs the real CLI entry point in-process (resetting Accelerate's per-process state between runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FTKIT_CACHE", str(Path.home() / ".cache" / "ftkit"))
+
+POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
+FILLER = ["the", "movie", "film", "was", "is", "a", "plot", "acting", "really", "very", "quite", "story"]
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = rng.sample(FILLER, rng.randint(2, 7))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Write rows in the format the suffix names."""
+    import csv
+
+    suffix = path.suffix
+    if suffix in (".csv", ".tsv"):
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t" if suffix == ".tsv" else ",")
+            w.writeheader()
+            w.writerows(rows)
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        raise ValueError(suffix)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with a vocabulary of the fixture words. Large init range and no dropout so that
+    even frozen-backbone methods learn something in a few steps."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["wonderful", "terrible", "premise", "question", "?"]))
+    vocab = {w: i for i, w in enumerate(specials + words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+                                         + list("abcdefghijklmnopqrstuvwxyz.,!'"))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    fast.save_pretrained(out)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sentiment(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("data")
+    return {"train": write_rows(d / "train.csv", sentiment_rows(160, seed=1)),
+            "eval": write_rows(d / "eval.csv", sentiment_rows(40, seed=2))}
+
+
+def run_cli(*args: str):
+    """Invoke the real Typer app in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from typer.testing import CliRunner
+
+    from ftkit.cli import app
+
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        # only one Accelerator state may exist per process; each CLI call is a fresh "process"
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def train_args(model: Path, data: dict, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", model, "--data", data["train"], "--eval-data", data["eval"], "--output", out,
+            "--batch-size", "16", "--max-length", "32", "--lr", "5e-3", *extra]

@@ -1,0 +1,186 @@
+"""The CLI as a user meets it: start-up cost, usage errors, label handling, training options."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli, train_args, write_rows
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ftkit.cli import app\n"
+            "for args in (['--help'], ['train', '--help'], ['train', '--method', 'nope', '--output', 'x'],"
+            " ['recipes']):\n"
+            "    CliRunner().invoke(app, args)\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ftkit", "--help"], capture_output=True, check=True)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, tiny_model, sentiment):
+    cases = [
+        (["train", "--method", "nope", "--output", tmp_path / "a"], "unknown method 'nope'; choose one of:"),
+        (["train", "--set", "train.lrr=1", "--output", tmp_path / "a"], "unknown config key 'train.lrr'"),
+        (["train", "--model", tiny_model, "--data", tmp_path / "missing.csv", "--output", tmp_path / "a"],
+         "missing.csv: no such file"),
+        (["train", "--model", tmp_path / "nomodel", "--data", sentiment["train"], "--output", tmp_path / "a"],
+         "nomodel: no such model directory"),
+        (["train", "--model", tiny_model, "--data", sentiment["train"]], "no run directory: pass --output"),
+        (["train", "no-such-recipe"], "no-such-recipe: not a recipe file nor a shipped recipe"),
+        (["eval", tmp_path / "nothing", "--data", sentiment["eval"]], "no such model directory"),
+        (["predict", tiny_model], "give exactly one of --text or --file"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.startswith("error: ") and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, tiny_model, sentiment):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    args = train_args(tiny_model, sentiment, out, "--method", "head", "--max-steps", "1")
+    result = run_cli(*args)
+    assert result.exit_code == 2 and "exists and is not empty; pass --overwrite" in result.output
+    result = run_cli(*args, "--overwrite")
+    assert result.exit_code == 2 and "not an ftkit run dir" in result.output  # never deletes foreign dirs
+    assert (out / "notes.txt").read_text() == "precious"
+    (out / "notes.txt").unlink()
+    assert run_cli(*args).exit_code == 0
+    assert run_cli(*args).exit_code == 2
+    assert run_cli(*args, "--overwrite").exit_code == 0
+
+
+def test_unseen_eval_label_is_a_usage_error(tmp_path, tiny_model, sentiment):
+    bad = write_rows(tmp_path / "eval.jsonl", [{"text": "good film", "label": "positive"},
+                                               {"text": "so so", "label": "neutral"}])
+    result = run_cli(*train_args(tiny_model, {**sentiment, "eval": bad}, tmp_path / "r"))
+    assert result.exit_code == 2
+    assert "eval.jsonl: line 2: label 'neutral' was not seen in training (known: negative, positive)" in result.output
+
+
+def test_empty_text_is_a_usage_error(tmp_path, tiny_model, sentiment):
+    bad = write_rows(tmp_path / "train.csv", [{"text": "good", "label": "a"}, {"text": " ", "label": "b"}])
+    result = run_cli(*train_args(tiny_model, {**sentiment, "train": bad}, tmp_path / "r"))
+    assert result.exit_code == 2 and "train.csv: line 3: empty or non-text value" in result.output
+
+
+def test_integer_labels_multiclass_and_renamed_columns(tmp_path, tiny_model):
+    """Three integer classes under other column names: label i gets id i, and predictions are the integers."""
+    words = {0: "awful", 1: "film", 2: "superb"}
+    rows = [{"sentence": f"the {words[i % 3]} story", "y": i % 3} for i in range(90)]
+    data = {"train": write_rows(tmp_path / "t.jsonl", rows), "eval": write_rows(tmp_path / "e.jsonl", rows[:30])}
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, data, out, "--method", "full", "--epochs", "6",
+                                 "--set", "data.columns.text=sentence", "--set", "data.columns.label=y"))
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "0", "1": "1", "2": "2"}
+    assert json.loads((out / "metrics.json").read_text())["eval"]["accuracy"] >= 0.9
+    row = json.loads(run_cli("predict", out, "--text", "the superb story").stdout)
+    assert row["label"] == "2" and set(row["probs"]) == {"0", "1", "2"}
+
+
+def test_sentence_pairs(tmp_path, tiny_model):
+    """text_pair is used when present: the label depends only on the second sentence."""
+    rows = [{"text": "the plot", "text_pair": "good" if i % 2 else "bad", "label": "pos" if i % 2 else "neg"}
+            for i in range(80)]
+    data = {"train": write_rows(tmp_path / "t.csv", rows), "eval": write_rows(tmp_path / "e.csv", rows[:20])}
+    result = run_cli(*train_args(tiny_model, data, tmp_path / "run", "--method", "full", "--epochs", "5"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]["accuracy"] == 1.0
+    preds = tmp_path / "p.jsonl"
+    assert run_cli("predict", tmp_path / "run", "--file", data["eval"], "--output", preds).exit_code == 0
+    first = json.loads(preds.read_text().splitlines()[0])
+    assert first["text_pair"] == "bad" and first["label"] == "neg"
+
+
+def test_held_out_split_when_no_eval_data(tmp_path, tiny_model, sentiment):
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", tiny_model, "--data", sentiment["train"], "--output", out, "--method",
+                     "head", "--max-steps", "2", "--set", "data.eval_fraction=0.25")
+    assert result.exit_code == 0, result.output
+    train = json.loads((out / "metrics.json").read_text())["train"]
+    assert (train["train_rows"], train["eval_rows"]) == (120, 40)
+
+
+def test_grad_accum_and_step_count(tmp_path, tiny_model, sentiment):
+    out = tmp_path / "run"
+    # 160 rows / batch 16 = 10 batches per epoch; accumulating 4 -> ceil(10 / 4) = 3 optimizer steps per epoch
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--method", "head", "--epochs", "2",
+                                 "--grad-accum", "4", "--set", "train.log_every=1"))
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if r["type"] == "eval"] == [3, 6]  # once per epoch by default
+
+
+def test_early_stopping(tmp_path, tiny_model, sentiment):
+    out = tmp_path / "run"
+    # a learning rate this small cannot move the metric: patience 2 stops after the 3rd evaluation
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--method", "head", "--epochs", "10", "--lr", "1e-12",
+                                 "--set", "train.eval_every=2", "--set", "train.patience=2"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["train"]["stopped_early"] is True
+    assert summary["train"]["steps"] == 6 and summary["eval"]["step"] == 2
+    assert "early stopping" in result.output
+
+
+def test_bf16_precision_trains(tmp_path, tiny_model, sentiment):
+    result = run_cli(*train_args(tiny_model, sentiment, tmp_path / "run", "--method", "lora", "--max-steps", "3",
+                                 "--precision", "bf16"))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 is allowed on CUDA")
+def test_fp16_on_cpu_is_refused(tmp_path, tiny_model, sentiment):
+    result = run_cli(*train_args(tiny_model, sentiment, tmp_path / "run", "--precision", "fp16"))
+    assert result.exit_code == 2 and "fp16 needs a CUDA GPU" in result.output
+
+
+@pytest.mark.parametrize("method", ["full", "head", "lora"])
+def test_info_counts_trainable_parameters(tiny_model, method):
+    result = run_cli("info", tiny_model, "--method", method, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    head = 32 * 2 + 2
+    expected = {"full": info["total_params"], "head": head, "lora": 2 * 2 * (8 * 32 * 2) + head}[method]
+    assert info["trainable_params"] == expected
+    assert info["weights_bytes"] >= 4 * info["total_params"] - 4 * 1000  # fp32 (+ peft's copy of the head)
+
+
+def test_recipes_listing_and_show():
+    result = run_cli("recipes")
+    assert result.exit_code == 0 and "cls-lora" in result.output
+    result = run_cli("recipes", "cls-lora")
+    assert result.exit_code == 0 and "method:" in result.output
+
+
+def test_failure_while_running_exits_1_and_leaves_no_complete_run(tmp_path, tiny_model, sentiment, monkeypatch):
+    import ftkit.loop
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(ftkit.loop, "evaluate", boom)
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "2"))
+    assert result.exit_code == 1
+    assert "failed: RuntimeError: disk on fire (run with --debug for the traceback)" in result.output
+    assert not (out / "metrics.json").exists()
+    result = run_cli("eval", out, "--data", sentiment["eval"])
+    assert result.exit_code == 2 and "training did not finish" in result.output

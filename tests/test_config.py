@@ -1,0 +1,101 @@
+"""Config layering (defaults < recipe < flags < --set), validation and the shipped recipes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ftkit import config, recipes
+from ftkit.errors import UsageError
+from ftkit.methods import METHODS
+from ftkit.tasks import TASKS
+
+
+def test_defaults_are_the_builtin_job():
+    cfg = config.resolve(None, {}, [])
+    assert (cfg.task_name, cfg.method_name, cfg.model.name, cfg.data.train) == ("cls", "lora", "minilm", "polarity")
+    assert cfg.method == {"name": "lora", "r": 8, "alpha": 16.0, "dropout": 0.1, "target_modules": None}
+
+
+def test_precedence_recipe_flags_set(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"method": {"name": "lora", "r": 4}, "train": {"lr": 1e-3, "batch_size": 8,
+                                                                                     "epochs": 2}}))
+    cfg = config.resolve(recipe, {"train": {"lr": 2e-3, "epochs": 5}}, ["train.lr=3e-3", "method.alpha=32"])
+    assert cfg.train.lr == 3e-3          # --set beats the flag and the recipe
+    assert cfg.train.epochs == 5         # the flag beats the recipe
+    assert cfg.train.batch_size == 8     # the recipe beats the default
+    assert cfg.method["r"] == 4 and cfg.method["alpha"] == 32.0
+    assert cfg.train.grad_accum == 1     # untouched default
+
+
+def test_switching_method_drops_the_previous_methods_params(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: {name: lora, r: 4}\n")
+    cfg = config.resolve(recipe, {"method": "full"}, [])
+    assert cfg.method == {"name": "full"}
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"train": {"lrr": 1}}, "unknown config key 'train.lrr'; valid keys: batch_size, epochs"),
+    ({"trian": {}}, "unknown config key 'trian'; valid keys: data, method, model, output, task, train"),
+    ({"method": {"name": "lora", "rank": 4}}, "unknown config key 'method.rank'; valid keys: alpha, dropout, r, "
+                                              "target_modules"),
+    ({"data": {"columns": {"txt": "a"}}}, "unknown config key 'data.columns.txt'; valid keys: label, text, "
+                                          "text_pair"),
+    ({"train": {"batch_size": "big"}}, "config key 'train.batch_size': expected an integer, got 'big'"),
+    ({"train": {"lr": -1}}, "config key 'train.lr': got -1.0, expected a number > 0"),
+    ({"method": {"name": "lora", "r": 0}}, "config key 'method.r': got 0, expected an integer >= 1"),
+    ({"train": {"precision": "fp8"}}, "config key 'train.precision': got 'fp8', expected fp32 or bf16 or fp16"),
+    ({"task": "translate"}, "unknown task 'translate'; choose one of: cls"),
+    ({"method": "qlora"}, "unknown method 'qlora'; choose one of: full, head, lora"),
+])
+def test_bad_config_is_rejected_by_name(layer, message):
+    with pytest.raises(UsageError) as e:
+        config.resolve(None, layer, [])
+    assert str(e.value).startswith(message)
+
+
+def test_set_parses_yaml_values_and_lists():
+    parsed = config.parse_set(["train.lr=1e-4", "method.target_modules=query,value", "train.group_by_length=false",
+                               "data.columns.text=sentence"])
+    assert parsed == {"train": {"lr": "1e-4", "group_by_length": False},  # YAML 1.1 reads 1e-4 as a string...
+                      "method": {"target_modules": ["query", "value"]}, "data": {"columns": {"text": "sentence"}}}
+    assert config.build(parsed).train.lr == 1e-4  # ...and the typed field turns it into a number
+    with pytest.raises(UsageError, match="expected key=value"):
+        config.parse_set(["train.lr"])
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  lr: 1\n bad: [\n")
+    with pytest.raises(UsageError, match=r"bad.yaml: line \d+: invalid YAML"):
+        config.resolve(recipe, {}, [])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.resolve(None, {"method": {"name": "lora", "r": 16}, "train": {"lr": 1e-4}}, [])
+    config.dump_yaml(cfg, tmp_path / "ftkit.yaml")
+    assert config.resolve(tmp_path / "ftkit.yaml", {}, []) == cfg
+
+
+def test_registries_list_choices():
+    assert {"cls"} <= set(TASKS.names())
+    assert {"full", "head", "lora"} <= set(METHODS.names())
+    with pytest.raises(UsageError, match="unknown method 'nope'; choose one of: full, head, lora"):
+        METHODS.get("nope")
+
+
+@pytest.mark.parametrize("name", list(recipes.shipped()))
+def test_shipped_recipes_validate(name):
+    path = recipes.shipped()[name]
+    assert recipes.describe(path), f"{path} needs a first-line '# description'"
+    cfg = config.resolve(recipes.find(name), {}, [])
+    assert cfg.task_name in TASKS and cfg.method_name in METHODS
+
+
+def test_every_config_field_is_documented():
+    for cls in (config.Config, *config.SECTIONS.values(), *(METHODS.get(n).params for n in METHODS.names()),
+                *(TASKS.get(n).params for n in TASKS.names())):
+        for name, text in config.field_help(cls).items():
+            assert text, f"{cls.__name__}.{name} has no help text"
