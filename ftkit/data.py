@@ -170,3 +170,8 @@ def fingerprint(spec: str) -> str:
         return f"builtin:{spec}:{catalog.DATASETS[spec].version}"
     st = Path(spec).stat()
     return f"{Path(spec).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def to_features(encodings: dict[str, list[list]], targets: list, idx: list[int]) -> list[dict]:
+    """Rows ``idx`` as model-ready feature dicts: the encoded columns plus ``labels``."""
+    return [{**{k: v[i] for k, v in encodings.items()}, "labels": targets[i]} for i in idx]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ftkit import config as config_mod
-from ftkit.data import Table, read_table
+from ftkit.data import Table, read_table, to_features
 from ftkit.errors import UsageError
 
 
@@ -31,7 +31,7 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     labels = model_labels(loaded.model)
     targets = task.targets(table, cfg, labels)
     enc = task.encode(loaded.tokenizer, table, cfg)
-    feats = [{**{k: v[i] for k, v in enc.items()}, "labels": targets[i]} for i in range(len(table))]
+    feats = to_features(enc, targets, list(range(len(table))))
     accelerator = Accelerator()
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=task.collator(loaded.tokenizer)))
     model = accelerator.prepare(loaded.model)

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from ftkit import config as config_mod
-from ftkit.data import Table, fingerprint, held_out_split, read_table
+from ftkit.data import Table, fingerprint, held_out_split, read_table, to_features
 from ftkit.errors import UsageError
 
 
@@ -40,10 +40,6 @@ def encode_cached(task, tokenizer, table: Table, spec: str, cfg) -> dict[str, li
     return cached_encodings(key, lambda: task.encode(tokenizer, table, cfg))
 
 
-def features(enc: dict[str, list[list[int]]], targets: list[int], idx: list[int]) -> list[dict]:
-    return [{**{k: v[i] for k, v in enc.items()}, "labels": targets[i]} for i in idx]
-
-
 def count_params(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
@@ -59,8 +55,6 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
     # Data first: a bad row should fail in a second, not after the model has loaded.
     train_table = read_table(cfg.data.train)
     labels = task.label_space(train_table, cfg)
-    if len(labels) < 2:
-        raise UsageError(f"{cfg.data.train}: only one label ({labels[0]!r}); classification needs at least two")
     train_targets = task.targets(train_table, cfg, labels)
     task.texts(train_table, cfg)
     if cfg.data.eval:
@@ -96,8 +90,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
     train_enc = encode_cached(task, tokenizer, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, eval_table,
                                                                          cfg.data.eval, cfg)
-    train_features = features(train_enc, train_targets, train_idx)
-    eval_features = features(eval_enc, eval_targets, eval_idx)
+    train_features = to_features(train_enc, train_targets, train_idx)
+    eval_features = to_features(eval_enc, eval_targets, eval_idx)
 
     main = accelerator.is_main_process
     if main:

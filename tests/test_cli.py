@@ -72,6 +72,12 @@ def test_unseen_eval_label_is_a_usage_error(tmp_path, tiny_model, sentiment):
     assert "eval.jsonl: line 2: label 'neutral' was not seen in training (known: negative, positive)" in result.output
 
 
+def test_single_label_is_a_usage_error(tmp_path, tiny_model, sentiment):
+    bad = write_rows(tmp_path / "train.csv", [{"text": "good", "label": "a"}, {"text": "bad", "label": "a"}])
+    result = run_cli(*train_args(tiny_model, {**sentiment, "train": bad}, tmp_path / "r"))
+    assert result.exit_code == 2 and "every row has the label 'a'" in result.output
+
+
 def test_empty_text_is_a_usage_error(tmp_path, tiny_model, sentiment):
     bad = write_rows(tmp_path / "train.csv", [{"text": "good", "label": "a"}, {"text": " ", "label": "b"}])
     result = run_cli(*train_args(tiny_model, {**sentiment, "train": bad}, tmp_path / "r"))

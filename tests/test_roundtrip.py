@@ -110,6 +110,12 @@ def test_export_merge_equals_run(trained, sentiment, tmp_path):
         diff = (merged(**batch).logits - run_model(**batch).logits).abs().max().item()
     assert diff <= 1e-4
     assert merged.config.id2label == {0: "negative", 1: "positive"}
+    # ftkit eval works on the plain exported checkpoint and agrees with the run dir
+    for target, name in ((out, "run.json"), (tmp_path / "merged", "export.json")):
+        assert run_cli("eval", target, "--data", sentiment["eval"], "--output", tmp_path / name).exit_code == 0
+    run_metrics, export_metrics = (json.loads((tmp_path / n).read_text()) for n in ("run.json", "export.json"))
+    assert export_metrics["accuracy"] == run_metrics["accuracy"]
+    assert abs(export_metrics["loss"] - run_metrics["loss"]) < 1e-4
 
 
 def test_export_adapter_only(trained, tmp_path):

@@ -31,7 +31,11 @@ class Classification:
 
     def label_space(self, table: Table, cfg) -> list[str]:
         col = table.column(self._col(cfg, "label"), "label")
-        return sort_labels({label_name(v, table, i) for i, v in enumerate(col)})
+        labels = sort_labels({label_name(v, table, i) for i, v in enumerate(col)})
+        if len(labels) < 2:
+            raise UsageError(f"{table.source}: every row has the label {labels[0]!r}; classification needs at "
+                             "least two labels")
+        return labels
 
     def texts(self, table: Table, cfg) -> tuple[list[str], list[str] | None]:
         """The text (and pair) columns, validated: every row must have non-empty text."""
