@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ftkit import config as config_mod
-from ftkit.data import Table, read_table, to_features
+from ftkit.data import Table, read_table
 from ftkit.errors import UsageError
 
 
@@ -31,7 +31,7 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     labels = model_labels(loaded.model)
     targets = task.targets(table, cfg, labels)
     enc = task.encode(loaded.tokenizer, table, cfg)
-    feats = to_features(enc, targets, list(range(len(table))))
+    feats = task.features(enc, targets, list(range(len(table))), cfg, training=False)
     accelerator = Accelerator()
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=task.collator(loaded.tokenizer)))
     model = accelerator.prepare(loaded.model)

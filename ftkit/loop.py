@@ -68,6 +68,8 @@ def make_optimizer(model, lr: float, weight_decay: float, cuda: bool):
 
 
 def evaluate(model, loader, task, labels, accelerator) -> dict:
+    """Loss and the task's metrics over the whole loader. Predictions/references are collected per example
+    (scalars for cls, one row per sentence for tag) so the task sees each example whole."""
     import torch
 
     model.eval()
@@ -75,17 +77,19 @@ def evaluate(model, loader, task, labels, accelerator) -> dict:
     with torch.inference_mode():
         for batch in loader:
             loss, p, r = task.eval_batch(model, batch)
+            if p.ndim > 1:  # ranks pad their batches to different widths; gathering needs one width
+                p = accelerator.pad_across_processes(p, dim=1, pad_index=-100)
+                r = accelerator.pad_across_processes(r, dim=1, pad_index=-100)
             # gather_for_metrics drops the samples the sampler repeated to even out the last batch across ranks
             loss, p, r = accelerator.gather_for_metrics((loss.detach().float().expand(len(r)), p, r))
             losses.append(loss.cpu())
-            preds.append(p.cpu())
-            refs.append(r.cpu())
+            preds.extend(p.cpu().numpy())
+            refs.extend(r.cpu().numpy())
     model.train()
-    metrics = task.metrics(torch.cat(preds).numpy(), torch.cat(refs).numpy(), labels)
-    return {"loss": float(torch.cat(losses).mean()), **metrics}
+    return {"loss": float(torch.cat(losses).mean()), **task.metrics(preds, refs, labels)}
 
 
-def train_loop(*, model, train_features, eval_features, collate, task, labels, cfg, accelerator,
+def train_loop(*, model, train_features, eval_features, collate, task, labels, main_metric, cfg, accelerator,
                reporter, save_best: Callable[[object], None]) -> LoopResult:
     import torch
     from torch.utils.data import DataLoader
@@ -143,14 +147,14 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, c
                 metrics = evaluate(model, eval_loader, task, labels, accelerator)
                 last_log += time.perf_counter() - eval_start  # keep eval time out of the training throughput
                 reporter.eval(step, metrics)
-                if best is None or metrics[task.main_metric] > best[task.main_metric]:
+                if best is None or metrics[main_metric] > best[main_metric]:
                     best, bad_evals = {"step": step, **metrics}, 0
                     save_best(accelerator.unwrap_model(model))
                 else:
                     bad_evals += 1
                     if t.patience and bad_evals >= t.patience:
-                        reporter.note(f"early stopping: {task.main_metric} has not improved for {bad_evals} "
-                                      f"evaluations (best {best[task.main_metric]:.4f} at step {best['step']})")
+                        reporter.note(f"early stopping: {main_metric} has not improved for {bad_evals} "
+                                      f"evaluations (best {best[main_metric]:.4f} at step {best['step']})")
                         stopped = True
                         break
             if step >= total:

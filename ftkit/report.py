@@ -11,9 +11,8 @@ class Reporter:
     """Writes metrics.jsonl and shows progress: a rich bar on a terminal, plain log lines otherwise (CI logs).
     Only the main process reports (``enabled``)."""
 
-    def __init__(self, run_dir: Path, main_metric: str, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True):
         self.path = run_dir / "metrics.jsonl"
-        self.main_metric = main_metric
         self.enabled = enabled
         self.history: list[dict] = []
         self._progress = None

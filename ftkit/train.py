@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from ftkit import config as config_mod
-from ftkit.data import Table, fingerprint, held_out_split, read_table, to_features
+from ftkit.data import Table, fingerprint, held_out_split, read_table
 from ftkit.errors import UsageError
 
 
@@ -56,11 +56,11 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
     train_table = read_table(cfg.data.train)
     labels = task.label_space(train_table, cfg)
     train_targets = task.targets(train_table, cfg, labels)
-    task.texts(train_table, cfg)
+    task.check(train_table, cfg)
     if cfg.data.eval:
         eval_table = read_table(cfg.data.eval)
         eval_targets = task.targets(eval_table, cfg, labels)
-        task.texts(eval_table, cfg)
+        task.check(eval_table, cfg)
         train_idx, eval_idx = list(range(len(train_table))), list(range(len(eval_table)))
     else:
         eval_table, eval_targets = train_table, train_targets
@@ -90,8 +90,9 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
     train_enc = encode_cached(task, tokenizer, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, eval_table,
                                                                          cfg.data.eval, cfg)
-    train_features = to_features(train_enc, train_targets, train_idx)
-    eval_features = to_features(eval_enc, eval_targets, eval_idx)
+    train_features = task.features(train_enc, train_targets, train_idx, cfg, training=True)
+    eval_features = task.features(eval_enc, eval_targets, eval_idx, cfg, training=False)
+    main_metric = task.main_metric(labels, cfg)
 
     main = accelerator.is_main_process
     if main:
@@ -100,7 +101,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
         run_dir.mkdir(parents=True)
         config_mod.dump_yaml(cfg, run_dir / "ftkit.yaml")
     accelerator.wait_for_everyone()
-    reporter = Reporter(run_dir, task.main_metric, enabled=main)
+    reporter = Reporter(run_dir, enabled=main)
     reporter.note(f"{cfg.task_name}/{cfg.method_name} on {cfg.model.name}: {len(train_features)} train / "
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")
@@ -117,7 +118,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
         accelerator.wait_for_everyone()
 
     result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
-                        collate=task.collator(tokenizer), task=task, labels=labels, cfg=cfg,
+                        collate=task.collator(tokenizer), task=task, labels=labels, main_metric=main_metric, cfg=cfg,
                         accelerator=accelerator, reporter=reporter, save_best=save_best)
 
     summary = {"eval": result.best, "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),

@@ -55,3 +55,30 @@ def sort_labels(names: set[str]) -> list[str]:
         return sorted(names, key=int)
     except ValueError:
         return sorted(names)
+
+
+def label_config(labels: list[str]) -> dict:
+    """Model-config overrides that give a labelled head its size and the label maps stored in config.json."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {n: i for i, n in enumerate(labels)}}
+
+
+def confusion_metrics(preds, refs, labels: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of label ids."""
+    import numpy as np
+
+    k = len(labels)
+    cm = np.zeros((k, k), dtype=np.int64)  # rows: true label, columns: predicted
+    np.add.at(cm, (refs, preds), 1)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
+    recall = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = cm.sum(1) > 0  # macro-F1 over the classes that occur in the references
+    return {
+        "accuracy": float(tp.sum() / max(1, len(refs))),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(cm[i].sum())} for i, name in enumerate(labels)},
+        "confusion_matrix": {"labels": labels, "matrix": cm.tolist()},
+    }

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftkit.data import Table
+from ftkit.data import Table, to_features
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import head_modules, label_name, pad_collate, sort_labels
+from ftkit.tasks._common import (confusion_metrics, head_modules, label_config, label_name, pad_collate,
+                                 sort_labels)
 
 
 @dataclass
@@ -21,7 +22,6 @@ class Classification:
     params = ClsParams
     columns = {"text": "text", "text_pair": "text_pair", "label": "label"}  # role -> default column
     optional = {"text_pair"}
-    main_metric = "accuracy"
     architecture_suffix = "ForSequenceClassification"
     description = "sequence classification (single sentence or sentence pair)"
 
@@ -50,6 +50,13 @@ class Classification:
                     raise UsageError(f"{table.locate(i)}: empty or non-text value {v!r} in the text column")
         return text, pair
 
+    def check(self, table: Table, cfg) -> None:
+        """Validate the inputs before any model is loaded."""
+        self.texts(table, cfg)
+
+    def main_metric(self, labels: list[str], cfg) -> str:
+        return "accuracy"
+
     def encode(self, tokenizer, table: Table, cfg) -> dict[str, list[list[int]]]:
         text, pair = self.texts(table, cfg)
         enc = tokenizer(text, pair, truncation=True, max_length=cfg.data.max_length)
@@ -66,6 +73,9 @@ class Classification:
             out.append(ids[name])
         return out
 
+    def features(self, enc: dict, targets: list[int], idx: list[int], cfg, training: bool) -> list[dict]:
+        return to_features(enc, targets, idx)
+
     def collator(self, tokenizer):
         return pad_collate(tokenizer.pad_token_id)
 
@@ -76,8 +86,7 @@ class Classification:
         return AutoModelForSequenceClassification
 
     def config_overrides(self, labels: list[str]) -> dict:
-        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                "label2id": {n: i for i, n in enumerate(labels)}}
+        return label_config(labels)
 
     def head_modules(self, model) -> list[str]:
         return head_modules(model)
@@ -91,22 +100,7 @@ class Classification:
     def metrics(self, preds, refs, labels: list[str]) -> dict:
         import numpy as np
 
-        preds, refs = np.asarray(preds), np.asarray(refs)
-        k = len(labels)
-        cm = np.zeros((k, k), dtype=np.int64)  # rows: true label, columns: predicted
-        np.add.at(cm, (refs, preds), 1)
-        tp = np.diag(cm).astype(float)
-        precision = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
-        recall = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
-        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
-        present = cm.sum(1) > 0  # macro-F1 over the classes that occur in the references
-        return {
-            "accuracy": float(tp.sum() / max(1, len(refs))),
-            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-            "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                                 "support": int(cm[i].sum())} for i, name in enumerate(labels)},
-            "confusion_matrix": {"labels": labels, "matrix": cm.tolist()},
-        }
+        return confusion_metrics(np.asarray(preds), np.asarray(refs), labels)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32) -> list[dict]:
