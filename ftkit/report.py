@@ -131,12 +131,13 @@ def print_eval(metrics: dict) -> None:
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     console.print("  ".join(f"[bold]{k}[/] {v:.4f}" if isinstance(v, float) else f"[bold]{k}[/] {v}"
                             for k, v in scalars.items()))
-    per_class = metrics.get("per_class")
-    if per_class:
-        table = Table("class", "precision", "recall", "f1", "support")
-        for name, m in per_class.items():
-            table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
-        console.print(table)
+    for key, title in (("per_class", "class"), ("per_entity", "entity")):
+        if metrics.get(key):
+            table = Table(title, "precision", "recall", "f1", "support")
+            for name, m in metrics[key].items():
+                table.add_row(name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
+                              str(m["support"]))
+            console.print(table)
 
 
 def print_info(info: dict) -> None:

@@ -84,7 +84,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
                               gradient_accumulation_steps=cfg.train.grad_accum)
     set_seed(cfg.train.seed)  # before the model: the new head's initialisation depends on it
     model, tokenizer, base_path = load_for_training(cfg, task, labels)
-    model = method.apply(model, cfg.method, task.head_modules(model))
+    model = method.apply(model, cfg.method, task.head_modules(model), task.peft_task_type(model.config))
     trainable, total = count_params(model)
 
     train_enc = encode_cached(task, tokenizer, train_table, cfg.data.train, cfg)
@@ -137,7 +137,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
         (run_dir / "README.md").write_text(model_card(
             cfg, base=str(base_path), trainable=trainable, total=total, metrics=result.best,
             seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,
-            auto_class=task.model_class().__name__, labelled="id2label" in task.config_overrides(labels)),
+            auto_class=task.model_class(base.config).__name__, labelled="id2label" in task.config_overrides(labels)),
             encoding="utf-8")
         # Written last: its presence marks the run dir as complete.
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -61,7 +61,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-bert")
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["wonderful", "terrible", "premise", "question", "?"]))
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["john", "mary", "paris", "london", "?"]))
     vocab = {w: i for i, w in enumerate(specials + words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
                                          + list("abcdefghijklmnopqrstuvwxyz.,!'"))}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
@@ -114,3 +114,31 @@ def cli():
 def train_args(model: Path, data: dict, out: Path, *extra: str) -> list[str]:
     return ["train", "--model", model, "--data", data["train"], "--eval-data", data["eval"], "--output", out,
             "--batch-size", "16", "--max-length", "32", "--lr", "5e-3", *extra]
+
+
+def ner_rows(n: int, seed: int) -> list[dict]:
+    """Sentences with one person or location name at a random position (IOB2 tags)."""
+    rng = random.Random(seed)
+    names = {"john": "PER", "mary": "PER", "paris": "LOC", "london": "LOC"}
+    rows = []
+    for _ in range(n):
+        words = rng.sample(FILLER, 4)
+        tags = ["O"] * 4
+        k, name = rng.randint(0, 4), rng.choice(sorted(names))
+        words.insert(k, name)
+        tags.insert(k, f"B-{names[name]}")
+        rows.append({"tokens": words, "tags": tags})
+    return rows
+
+
+def write_conll(path: Path, rows: list[dict]) -> Path:
+    blocks = ["\n".join(f"{w} NN {t}" for w, t in zip(r["tokens"], r["tags"])) for r in rows]
+    path.write_text("-DOCSTART- -X- O\n\n" + "\n\n".join(blocks) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ner(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ner")
+    return {"train": write_conll(d / "train.conll", ner_rows(120, seed=1)),
+            "eval": write_rows(d / "eval.jsonl", ner_rows(30, seed=2))}

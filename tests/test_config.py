@@ -47,7 +47,7 @@ def test_switching_method_drops_the_previous_methods_params(tmp_path):
     ({"train": {"lr": -1}}, "config key 'train.lr': got -1.0, expected a number > 0"),
     ({"method": {"name": "lora", "r": 0}}, "config key 'method.r': got 0, expected an integer >= 1"),
     ({"train": {"precision": "fp8"}}, "config key 'train.precision': got 'fp8', expected fp32 or bf16 or fp16"),
-    ({"task": "translate"}, "unknown task 'translate'; choose one of: cls"),
+    ({"task": "translate"}, "unknown task 'translate'; choose one of: cls, "),
     ({"method": "qlora"}, "unknown method 'qlora'; choose one of: full, head, lora"),
 ])
 def test_bad_config_is_rejected_by_name(layer, message):

@@ -32,7 +32,7 @@ def test_json_object_of_columns(tmp_path):
     ("d.csv", 'text,label\n"a",1\n"b",2,3\n', r"d.csv: line 3: expected 2 fields \(text, label\), found 3"),
     ("d.csv", "", r"d.csv: no data rows"),
     ("d.csv", "text,label\n", r"d.csv: no data rows"),
-    ("d.txt", "hello", r"d.txt: unknown data format '.txt'; expected one of .csv, .tsv, .jsonl, .json, .parquet"),
+    ("d.txt", "hello", r"d.txt: unknown data format ..txt.; expected one of .csv, .tsv, .jsonl, .json, .parquet, .conll"),
     ("d.parquet", "not parquet", r"d.parquet: cannot read as parquet"),
 ])
 def test_malformed_files_name_file_and_line(tmp_path, name, content, message):
@@ -48,7 +48,7 @@ def test_non_utf8_names_the_line(tmp_path):
 
 
 def test_missing_file_and_unknown_name():
-    with pytest.raises(UsageError, match=r"nope.csv: no such file, and not a built-in dataset \(polarity\)"):
+    with pytest.raises(UsageError, match=r"nope.csv: no such file, and not a built-in dataset \(polarity, pos-wsj"):
         read_table("nope.csv")
 
 

@@ -20,6 +20,6 @@ class Full:
     def validate(self, cfg) -> None:
         pass
 
-    def apply(self, model, params: dict, head: list[str]):
+    def apply(self, model, params: dict, head: list[str], peft_task_type: str | None = None):
         model.requires_grad_(True)
         return model

@@ -21,7 +21,7 @@ class Head:
     def validate(self, cfg) -> None:
         pass
 
-    def apply(self, model, params: dict, head: list[str]):
+    def apply(self, model, params: dict, head: list[str], peft_task_type: str | None = None):
         if not head:
             raise UsageError(f"{type(model).__name__} has no task head outside its backbone; use --method lora")
         model.requires_grad_(False)

@@ -34,19 +34,19 @@ class Lora:
         if not 0 <= p["dropout"] < 1:
             raise UsageError(f"config key 'method.dropout': got {p['dropout']!r}, expected a number in [0, 1)")
 
-    def peft_config(self, params: dict, head: list[str]):
+    def peft_config(self, params: dict, head: list[str], peft_task_type: str | None):
         from peft import LoraConfig
 
         targets = params["target_modules"]
         if targets == ["all-linear"]:
             targets = "all-linear"
         return LoraConfig(r=params["r"], lora_alpha=params["alpha"], lora_dropout=params["dropout"],
-                          target_modules=targets, modules_to_save=head or None)
+                          target_modules=targets, modules_to_save=head or None, task_type=peft_task_type)
 
-    def apply(self, model, params: dict, head: list[str]):
+    def apply(self, model, params: dict, head: list[str], peft_task_type: str | None = None):
         from peft import get_peft_model
 
         try:
-            return get_peft_model(model, self.peft_config(params, head))
+            return get_peft_model(model, self.peft_config(params, head, peft_task_type))
         except ValueError as e:  # peft: target modules not found / no default for this architecture
             raise UsageError(f"config key 'method.target_modules': {e}") from None

@@ -22,7 +22,8 @@ class Classification:
     params = ClsParams
     columns = {"text": "text", "text_pair": "text_pair", "label": "label"}  # role -> default column
     optional = {"text_pair"}
-    architecture_suffix = "ForSequenceClassification"
+    architectures = ("ForSequenceClassification",)  # checkpoints this task loads (for `eval MODEL`)
+    maximize = True  # the main metric is better when higher
     description = "sequence classification (single sentence or sentence pair)"
 
     # ------------------------------------------------------------------ data
@@ -80,10 +81,16 @@ class Classification:
         return pad_collate(tokenizer.pad_token_id)
 
     # ------------------------------------------------------------------ model
-    def model_class(self):
+    def model_class(self, model_config):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification
+
+    def peft_task_type(self, model_config) -> str:
+        return "SEQ_CLS"
+
+    def prepare_model(self, model, tokenizer) -> None:
+        pass
 
     def config_overrides(self, labels: list[str]) -> dict:
         return label_config(labels)
@@ -97,12 +104,16 @@ class Classification:
         out = model(**batch)
         return out.loss, out.logits.argmax(-1), batch["labels"]
 
-    def metrics(self, preds, refs, labels: list[str]) -> dict:
+    def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         import numpy as np
 
         return confusion_metrics(np.asarray(preds), np.asarray(refs), labels)
 
     # ------------------------------------------------------------------ prediction
+    def text_input(self, text: str, cfg) -> Table:
+        """A one-row table for ``predict --text``."""
+        return Table("--text", {self._col(cfg, "text"): [text]})
+
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32) -> list[dict]:
         import torch
 

@@ -1,0 +1,220 @@
+"""Token tagging (``--task tag``): NER, POS and the like, one tag per word.
+
+Words are split into sub-tokens by the fast tokenizer; its ``word_ids`` align them: the word's tag goes on its
+first sub-token and -100 (ignored by the loss) on the rest, unless ``task.label_all_subtokens``. Evaluation always
+scores one prediction per word (the first sub-token's)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+
+from ftkit.data import Table
+from ftkit.errors import UsageError
+from ftkit.tasks import TASKS
+from ftkit.tasks._common import confusion_metrics, head_modules, label_config, pad_collate, sort_labels
+
+IGNORE = -100
+SCHEMES = ("auto", "iob2", "iobes", "none")
+_ENTITY_TAG = re.compile(r"^(O|[BIES]-.+)$")
+
+
+@dataclass
+class TagParams:
+    label_all_subtokens: bool = field(default=False, metadata={
+        "help": "Train on every sub-token of a word (with the word's tag), not only the first."})
+    scheme: str = field(default="auto", metadata={
+        "help": "Entity scheme for precision/recall/F1 (seqeval): auto (detect BIO/IOB2 or IOBES tags), iob2, "
+                "iobes, or none (token accuracy only, e.g. POS tags)."})
+
+
+def detect_scheme(labels: list[str]) -> str:
+    """iobes / iob2 when every tag is O or a B-/I-/E-/S- prefixed type, else none."""
+    if not all(_ENTITY_TAG.match(t) for t in labels) or labels == ["O"]:
+        return "none"
+    return "iobes" if any(t[:2] in ("E-", "S-") for t in labels) else "iob2"
+
+
+@TASKS.register("tag")
+class Tagging:
+    name = "tag"
+    params = TagParams
+    columns = {"tokens": "tokens", "tags": "tags"}
+    optional: set = set()
+    architectures = ("ForTokenClassification",)
+    maximize = True
+    description = "token tagging (NER, POS): one tag per word"
+
+    def _col(self, cfg, role: str) -> str:
+        return cfg.data.columns.get(role, self.columns[role])
+
+    def scheme(self, labels: list[str], cfg) -> str:
+        chosen = cfg.task["scheme"]
+        return detect_scheme(labels) if chosen == "auto" else chosen
+
+    # ------------------------------------------------------------------ data
+    def words(self, table: Table, cfg) -> list[list[str]]:
+        tokens = table.column(self._col(cfg, "tokens"), "tokens")
+        for i, sent in enumerate(tokens):
+            if not isinstance(sent, list) or not sent or not all(isinstance(w, str) and w for w in sent):
+                raise UsageError(f"{table.locate(i)}: tokens must be a non-empty list of non-empty strings, "
+                                 f"found {str(sent)[:80]!r}")
+        return tokens
+
+    def _tags(self, table: Table, cfg) -> list[list[str]]:
+        tokens, tags = self.words(table, cfg), table.column(self._col(cfg, "tags"), "tags")
+        for i, (sent, t) in enumerate(zip(tokens, tags)):
+            if not isinstance(t, list) or not all(isinstance(x, str) and x for x in t):
+                raise UsageError(f"{table.locate(i)}: tags must be a list of strings, found {str(t)[:80]!r}")
+            if len(t) != len(sent):
+                raise UsageError(f"{table.locate(i)}: {len(sent)} tokens but {len(t)} tags")
+        return tags
+
+    def check(self, table: Table, cfg) -> None:
+        self._tags(table, cfg)
+
+    def label_space(self, table: Table, cfg) -> list[str]:
+        labels = sort_labels({t for sent in self._tags(table, cfg) for t in sent})
+        if len(labels) < 2:
+            raise UsageError(f"{table.source}: every token has the tag {labels[0]!r}; tagging needs at least two")
+        return labels
+
+    def targets(self, table: Table, cfg, labels: list[str]) -> list[list[int]]:
+        ids = {name: i for i, name in enumerate(labels)}
+        out = []
+        for i, sent in enumerate(self._tags(table, cfg)):
+            unknown = [t for t in sent if t not in ids]
+            if unknown:
+                raise UsageError(f"{table.locate(i)}: tag {unknown[0]!r} was not seen in training "
+                                 f"(known: {', '.join(labels)})")
+            out.append([ids[t] for t in sent])
+        return out
+
+    def encode(self, tokenizer, table: Table, cfg) -> dict[str, list[list[int]]]:
+        words = self.words(table, cfg)
+        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length)
+        # word index per sub-token (-1 for special tokens), kept with the encoding so labels can be aligned later
+        word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(words))]
+        return {"input_ids": enc["input_ids"], "word_ids": word_ids,
+                **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {})}
+
+    def features(self, enc: dict, targets: list[list[int]], idx: list[int], cfg, training: bool) -> list[dict]:
+        all_subtokens = training and cfg.task["label_all_subtokens"]
+        out, truncated = [], 0
+        for i in idx:
+            word_ids, tags = enc["word_ids"][i], targets[i]
+            labels, prev = [], -1
+            for w in word_ids:
+                labels.append(IGNORE if w < 0 or (w == prev and not all_subtokens) else tags[w])
+                prev = w if w >= 0 else prev
+            truncated += max(word_ids) + 1 < len(tags)
+            out.append({k: v[i] for k, v in enc.items() if k != "word_ids"} | {"labels": labels})
+        if truncated:
+            print(f"note: {truncated} of {len(idx)} sentences are longer than data.max_length="
+                  f"{cfg.data.max_length} tokens and were cut (their last words are not scored)", file=sys.stderr)
+        return out
+
+    def collator(self, tokenizer):
+        return pad_collate(tokenizer.pad_token_id, label_pad=IGNORE)
+
+    # ------------------------------------------------------------------ model
+    def model_class(self, model_config):
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification
+
+    def peft_task_type(self, model_config) -> str:
+        return "TOKEN_CLS"
+
+    def prepare_model(self, model, tokenizer) -> None:
+        pass
+
+    def config_overrides(self, labels: list[str]) -> dict:
+        return label_config(labels)
+
+    def head_modules(self, model) -> list[str]:
+        return head_modules(model)
+
+    # ------------------------------------------------------------------ evaluation
+    def main_metric(self, labels: list[str], cfg) -> str:
+        return "accuracy" if self.scheme(labels, cfg) == "none" else "entity_f1"
+
+    def eval_batch(self, model, batch):
+        out = model(**batch)
+        return out.loss, out.logits.argmax(-1), batch["labels"]
+
+    def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
+        """Token accuracy and per-tag scores over words; entity P/R/F1 (seqeval) for IOB2/IOBES tags."""
+        import numpy as np
+
+        seq_pred, seq_ref = [], []
+        for p, r in zip(preds, refs):
+            keep = r != IGNORE
+            seq_pred.append(p[keep].tolist())
+            seq_ref.append(r[keep].tolist())
+        flat_p = np.array([x for s in seq_pred for x in s], dtype=np.int64)
+        flat_r = np.array([x for s in seq_ref for x in s], dtype=np.int64)
+        result = confusion_metrics(flat_p, flat_r, labels)
+        scheme = self.scheme(labels, cfg)
+        if scheme != "none":
+            result.update(entity_metrics([[labels[x] for x in s] for s in seq_ref],
+                                         [[labels[x] for x in s] for s in seq_pred], scheme))
+        return result
+
+    # ------------------------------------------------------------------ prediction
+    def text_input(self, text: str, cfg) -> Table:
+        """A one-row table for ``predict --text``: raw text, split into words by the tokenizer at predict time."""
+        return Table("--text", {"text": [text]})
+
+    def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32) -> list[dict]:
+        import torch
+
+        if "text" in table.columns and self._col(cfg, "tokens") not in table.columns:
+            words = [split_words(tokenizer, t) for t in table.columns["text"]]
+        else:
+            words = self.words(table, cfg)
+        id2label = model.config.id2label
+        out = []
+        model.eval()
+        with torch.inference_mode():
+            for s in range(0, len(words), batch_size):
+                chunk = words[s:s + batch_size]
+                enc = tokenizer(chunk, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length,
+                                padding=True, return_tensors="pt")
+                probs = model(**enc.to(model.device)).logits.float().softmax(-1).cpu()
+                for j, sent in enumerate(chunk):
+                    first = {}
+                    for pos, w in enumerate(enc.word_ids(j)):
+                        if w is not None and w not in first:
+                            first[w] = pos
+                    tags = [id2label[int(probs[j, first[w]].argmax())] if w in first else None
+                            for w in range(len(sent))]
+                    scores = [round(float(probs[j, first[w]].max()), 6) if w in first else None
+                              for w in range(len(sent))]
+                    out.append({"tokens": sent, "tags": tags, "scores": scores})
+        return out
+
+
+def split_words(tokenizer, text: str) -> list[str]:
+    """Raw text -> words, with the tokenizer's own pre-tokenizer (for BERT: whitespace and punctuation)."""
+    if not text.strip():
+        raise UsageError("empty text")
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    return [w for w, _ in pre.pre_tokenize_str(text)] if pre is not None else text.split()
+
+
+def entity_metrics(refs: list[list[str]], preds: list[list[str]], scheme: str) -> dict:
+    """Micro entity precision/recall/F1 and per entity type, strict matching in the given scheme (seqeval)."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2, IOBES
+
+    report = classification_report(refs, preds, mode="strict", scheme={"iob2": IOB2, "iobes": IOBES}[scheme],
+                                   output_dict=True, zero_division=0)
+    micro = report.pop("micro avg")
+    for key in ("macro avg", "weighted avg"):
+        report.pop(key, None)
+    return {"entity_precision": float(micro["precision"]), "entity_recall": float(micro["recall"]),
+            "entity_f1": float(micro["f1-score"]),
+            "per_entity": {t: {"precision": float(m["precision"]), "recall": float(m["recall"]),
+                               "f1": float(m["f1-score"]), "support": int(m["support"])} for t, m in report.items()}}

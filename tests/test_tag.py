@@ -1,0 +1,145 @@
+"""Token tagging: CoNLL reading, sub-token label alignment, metrics on known inputs, CLI round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli, train_args, write_rows
+from ftkit import config
+from ftkit.data import Table, read_table
+from ftkit.errors import UsageError
+from ftkit.tasks import TASKS
+from ftkit.tasks.tag import IGNORE, detect_scheme
+
+TAG = TASKS.get("tag")
+
+
+def test_conll_reader(tmp_path):
+    path = tmp_path / "d.conll"
+    path.write_text("-DOCSTART- -X- O\n\nEU NNP B-ORG\nrejects VBZ O\n\n\nPeter NNP B-PER\nBlackburn NNP I-PER\n")
+    table = read_table(str(path))
+    assert table.columns == {"tokens": [["EU", "rejects"], ["Peter", "Blackburn"]],
+                             "tags": [["B-ORG", "O"], ["B-PER", "I-PER"]]}
+    assert table.locate(1).endswith("line 7")
+    (tmp_path / "bad.conll").write_text("EU B-ORG\nrejects\n")
+    with pytest.raises(UsageError, match=r"bad.conll: line 2: expected a token and its tag"):
+        read_table(str(tmp_path / "bad.conll"))
+
+
+def _cfg(**task):
+    return config.build({"task": {"name": "tag", **task}, "data": {"max_length": 8}})
+
+
+def test_labels_go_on_the_first_subtoken(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    table = Table("t", {"tokens": [["the", "xyz", "film"]], "tags": [["O", "B-LOC", "O"]]})
+    labels = ["B-LOC", "O"]
+    assert tok.tokenize("xyz") == ["x", "##y", "##z"]  # one word, three sub-tokens
+    for label_all, expected in ((False, [IGNORE, 1, 0, IGNORE, IGNORE, 1, IGNORE]),
+                                (True, [IGNORE, 1, 0, 0, 0, 1, IGNORE])):
+        cfg = _cfg(label_all_subtokens=label_all)
+        enc = TAG.encode(tok, table, cfg)
+        (feat,) = TAG.features(enc, TAG.targets(table, cfg, labels), [0], cfg, training=True)
+        assert feat["labels"] == expected
+        assert "word_ids" not in feat
+        # evaluation always scores the first sub-token only
+        (feat,) = TAG.features(enc, TAG.targets(table, cfg, labels), [0], cfg, training=False)
+        assert feat["labels"] == [IGNORE, 1, 0, IGNORE, IGNORE, 1, IGNORE]
+
+
+def test_truncation_is_counted(tiny_model, capsys):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    table = Table("t", {"tokens": [["the"] * 20, ["the", "film"]], "tags": [["O"] * 20, ["O", "O"]]})
+    cfg = _cfg()
+    feats = TAG.features(TAG.encode(tok, table, cfg), TAG.targets(table, cfg, ["O"]), [0, 1], cfg, training=True)
+    assert len(feats[0]["input_ids"]) == 8
+    assert "1 of 2 sentences are longer than data.max_length=8" in capsys.readouterr().err
+
+
+def test_scheme_detection():
+    assert detect_scheme(["B-PER", "I-PER", "O"]) == "iob2"
+    assert detect_scheme(["B-PER", "E-PER", "S-LOC", "O"]) == "iobes"
+    assert detect_scheme(["NN", "VB", "DT"]) == "none"
+    assert detect_scheme([",", "-NONE-", "NN"]) == "none"
+
+
+def test_metrics_on_hand_computed_example():
+    import numpy as np
+
+    labels = ["B-LOC", "B-PER", "I-PER", "O"]
+    ref = np.array([IGNORE, 1, 2, 3, 0, IGNORE])
+    pred = np.array([3, 1, 2, 3, 3, 0])  # misses the location; positions with IGNORE refs are not scored
+    m = TAG.metrics([pred], [ref], labels, _cfg())
+    assert m["accuracy"] == pytest.approx(3 / 4)
+    assert m["entity_precision"] == pytest.approx(1.0)
+    assert m["entity_recall"] == pytest.approx(0.5)
+    assert m["entity_f1"] == pytest.approx(2 / 3)
+    assert m["per_entity"]["PER"]["f1"] == 1.0 and m["per_entity"]["LOC"]["recall"] == 0.0
+    assert "entity_f1" not in TAG.metrics([pred], [ref], labels, _cfg(scheme="none"))
+
+
+def test_mismatched_tags_are_a_usage_error(tmp_path, tiny_model, ner):
+    bad = write_rows(tmp_path / "bad.jsonl", [{"tokens": ["a", "b"], "tags": ["O", "O"]},
+                                              {"tokens": ["a", "b"], "tags": ["O"]}])
+    result = run_cli(*train_args(tiny_model, {**ner, "train": bad}, tmp_path / "r"), "--task", "tag")
+    assert result.exit_code == 2 and "bad.jsonl: line 2: 2 tokens but 1 tags" in result.output
+
+
+@pytest.fixture(scope="module", params=["lora", "full"])
+def tag_run(request, tiny_model, ner, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"tag-{request.param}") / "run"
+    result = run_cli(*train_args(tiny_model, ner, out, "--task", "tag", "--method", request.param, "--epochs", "10",
+                                 "--lr", "2e-2" if request.param == "lora" else "5e-3"))
+    assert result.exit_code == 0, result.output
+    return request.param, out
+
+
+def test_tag_round_trip(tag_run, ner, tmp_path):
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from ftkit.models import load_trained
+
+    method, out = tag_run
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["eval"]["entity_f1"] >= 0.8 and summary["eval"]["accuracy"] >= 0.9
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert losses[-1] < 0.5 * losses[0]
+
+    result = run_cli("eval", out, "--data", ner["eval"], "--output", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.json").read_text())["entity_f1"] == summary["eval"]["entity_f1"]
+
+    # predict returns words (not sub-tokens) with their tags, from raw text and from pre-split tokens
+    row = json.loads(run_cli("predict", out, "--text", "mary was in london").stdout)
+    assert row["tokens"] == ["mary", "was", "in", "london"] and len(row["tags"]) == 4
+    preds = tmp_path / "p.jsonl"
+    assert run_cli("predict", out, "--file", ner["eval"], "--output", preds).exit_code == 0
+    rows = [json.loads(x) for x in preds.read_text().splitlines()]
+    truth = [json.loads(x) for x in ner["eval"].read_text().splitlines()]
+    assert [r["tokens"] for r in rows] == [t["tokens"] for t in truth]
+    assert sum(r["tags"] == t["tags"] for r, t in zip(rows, truth)) >= 0.8 * len(truth)
+
+    assert run_cli("export", out, "--output", tmp_path / "merged").exit_code == 0
+    merged = AutoModelForTokenClassification.from_pretrained(tmp_path / "merged").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    batch = tok([["john", "is", "in", "paris"]], is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        diff = (merged(**batch).logits - load_trained(str(out)).model(**batch).logits).abs().max().item()
+    assert diff <= 1e-4
+    if method == "lora":
+        from peft import AutoPeftModelForTokenClassification
+        from transformers import AutoConfig
+
+        labels = AutoConfig.from_pretrained(out)
+        plain = AutoPeftModelForTokenClassification.from_pretrained(
+            out, num_labels=labels.num_labels, id2label=labels.id2label, label2id=labels.label2id).eval()
+        with torch.no_grad():
+            assert (plain(**batch).logits - merged(**batch).logits).abs().max().item() <= 1e-4
