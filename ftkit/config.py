@@ -35,6 +35,8 @@ class DataConfig:
     eval: str | None = _f(None, "Evaluation data file; when absent a seeded held-out split of `train` is used.")
     eval_fraction: float = _f(0.1, "Share of `train` held out for evaluation when `eval` is not given.")
     columns: dict = _f({}, "Column names by role, e.g. {text: sentence, label: y}; roles depend on the task.")
+    format: str = _f("auto", "gen only: pairs (prompt/response), chat (messages) or text; auto picks from the "
+                             "columns.")
     max_length: int = _f(128, "Truncate tokenized inputs to this many tokens.")
 
 

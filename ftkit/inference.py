@@ -28,17 +28,21 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     cfg = settings(loaded, sets)
     task = loaded.task
     table = read_table(data)
-    labels = model_labels(loaded.model)
+    labels = model_labels(loaded.model) if task.labelled else []
     targets = task.targets(table, cfg, labels)
-    enc = task.encode(loaded.tokenizer, table, cfg)
+    enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
     feats = task.features(enc, targets, list(range(len(table))), cfg, training=False)
     accelerator = Accelerator()
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=task.collator(loaded.tokenizer)))
     model = accelerator.prepare(loaded.model)
-    return {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, cfg, accelerator)}
+    metrics = {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, cfg, accelerator)}
+    if cfg.task.get("generate_eval"):
+        metrics |= task.generation_metrics(loaded.model, loaded.tokenizer, table, cfg)
+    return metrics
 
 
-def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batch_size: int = 32) -> list[dict]:
+def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batch_size: int = 32,
+            stream: bool = False) -> list[dict]:
     cfg = settings(loaded, sets)
     if text is not None:
         if not text.strip():
@@ -46,4 +50,5 @@ def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batc
         table = loaded.task.text_input(text, cfg)
     else:
         table = read_table(file)
-    return loaded.task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size)
+    task = loaded.task
+    return task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size, stream=stream)

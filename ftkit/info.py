@@ -27,6 +27,7 @@ def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> 
     with init_empty_weights():
         model = task.model_class(model_config).from_config(model_config,
                                                            trust_remote_code=cfg.model.trust_remote_code)
+        model.tie_weights()  # not done on the meta device by from_config; tied weights count once
         model = method.apply(model, cfg.method, task.head_modules(model), task.peft_task_type(model_config))
     trainable, total = count_params(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

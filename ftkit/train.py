@@ -30,14 +30,16 @@ def prepare_run_dir(output: str | None, overwrite: bool) -> Path:
     return run_dir
 
 
-def encode_cached(task, tokenizer, table: Table, spec: str, cfg) -> dict[str, list[list[int]]]:
+def encode_cached(task, tokenizer, model_config, table: Table, spec: str, cfg) -> dict[str, list[list[int]]]:
     """Tokenize a whole table once; reused from the cache by later runs on the same data and tokenizer."""
     from ftkit.cache import cached_encodings
 
-    key = {"data": fingerprint(spec), "task": task.name, "columns": cfg.data.columns,
-           "max_length": cfg.data.max_length,
-           "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()}
-    return cached_encodings(key, lambda: task.encode(tokenizer, table, cfg))
+    key = {"data": fingerprint(spec), "task": task.name, "task_params": cfg.task, "columns": cfg.data.columns,
+           "format": cfg.data.format, "max_length": cfg.data.max_length,
+           "seq2seq": bool(getattr(model_config, "is_encoder_decoder", False)),
+           "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+           "chat_template": tokenizer.chat_template}
+    return cached_encodings(key, lambda: task.encode(tokenizer, table, cfg, model_config))
 
 
 def count_params(model) -> tuple[int, int]:
@@ -87,8 +89,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
     model = method.apply(model, cfg.method, task.head_modules(model), task.peft_task_type(model.config))
     trainable, total = count_params(model)
 
-    train_enc = encode_cached(task, tokenizer, train_table, cfg.data.train, cfg)
-    eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, eval_table,
+    train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
+    eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, model.config, eval_table,
                                                                          cfg.data.eval, cfg)
     train_features = task.features(train_enc, train_targets, train_idx, cfg, training=True)
     eval_features = task.features(eval_enc, eval_targets, eval_idx, cfg, training=False)
@@ -137,7 +139,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
         (run_dir / "README.md").write_text(model_card(
             cfg, base=str(base_path), trainable=trainable, total=total, metrics=result.best,
             seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,
-            auto_class=task.model_class(base.config).__name__, labelled="id2label" in task.config_overrides(labels)),
+            auto_class=task.model_class(base.config).__name__, labelled=task.labelled),
             encoding="utf-8")
         # Written last: its presence marks the run dir as complete.
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

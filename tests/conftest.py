@@ -56,24 +56,12 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with a vocabulary of the fixture words. Large init range and no dropout so that
     even frozen-backbone methods learn something in a few steps."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
     out = tmp_path_factory.mktemp("tiny-bert")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["john", "mary", "paris", "london", "?"]))
-    vocab = {w: i for i, w in enumerate(specials + words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-                                         + list("abcdefghijklmnopqrstuvwxyz.,!'"))}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    fast = _wordpiece_tokenizer(POSITIVE + NEGATIVE + FILLER + ["john", "mary", "paris", "london"], causal=False)
     fast.save_pretrained(out)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     import torch
@@ -142,3 +130,98 @@ def ner(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ner")
     return {"train": write_conll(d / "train.conll", ner_rows(120, seed=1)),
             "eval": write_rows(d / "eval.jsonl", ner_rows(30, seed=2))}
+
+
+def _wordpiece_tokenizer(words: list[str], *, causal: bool):
+    """A fast WordPiece tokenizer over ``words`` (+ letters as sub-words). Encoder style adds [CLS] .. [SEP];
+    causal style adds only [CLS] as BOS, uses [SEP] as EOS and carries a small chat template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = specials + sorted(set(words)) + [f"##{c}" for c in letters] + list(letters + ".,!'?:")
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(tokens))}  # unique, contiguous ids
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    cls, sep = ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])
+    if causal:
+        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A", pair="[CLS] $A $B", special_tokens=[cls])
+    else:
+        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                           special_tokens=[cls, sep])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64,
+                                   **({"bos_token": "[CLS]", "eos_token": "[SEP]"} if causal else {}))
+    if causal:
+        fast.chat_template = ("{% for m in messages %}{{ m['role'] + ' : ' + m['content'] + ' [SEP] ' }}{% endfor %}"
+                              "{% if add_generation_prompt %}{{ 'assistant :' }}{% endif %}")
+    return fast
+
+
+GEN_WORDS = POSITIVE + NEGATIVE + FILLER + ["user", "assistant", "what", "word"]
+
+
+@pytest.fixture(scope="session")
+def tiny_causal(tmp_path_factory) -> Path:
+    """A 2-layer Llama with a chat-template tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = _wordpiece_tokenizer(GEN_WORDS, causal=True)
+    tok.save_pretrained(out)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                         initializer_range=0.2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq(tmp_path_factory) -> Path:
+    """An encoder-decoder of two tiny BERTs (how a seq2seq model is built from encoders, as in DESIGN.md)."""
+    import torch
+    from transformers import BertConfig, EncoderDecoderConfig, EncoderDecoderModel
+
+    out = tmp_path_factory.mktemp("tiny-enc-dec")
+    tok = _wordpiece_tokenizer(GEN_WORDS, causal=False)
+    tok.save_pretrained(out)
+    kw = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+              max_position_embeddings=64, initializer_range=0.2, hidden_dropout_prob=0.0,
+              attention_probs_dropout_prob=0.0)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(
+        BertConfig(**kw), BertConfig(**kw, is_decoder=True, add_cross_attention=True))
+    config.decoder_start_token_id = tok.cls_token_id
+    config.pad_token_id = tok.pad_token_id
+    config.eos_token_id = tok.sep_token_id
+    torch.manual_seed(0)
+    model = EncoderDecoderModel(config=config)
+    model.generation_config.decoder_start_token_id = tok.cls_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.sep_token_id
+    model.save_pretrained(out)
+    return out
+
+
+def copy_rows(n: int, seed: int) -> list[dict]:
+    """prompt: a sentence with one sentiment word; response: that word. Learnable by a tiny model."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word = rng.choice(POSITIVE + NEGATIVE)
+        words = rng.sample(FILLER, 3)
+        words.insert(rng.randint(0, 3), word)
+        rows.append({"prompt": "what word : " + " ".join(words), "response": word})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def copy_data(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("gen")
+    return {"train": write_rows(d / "train.jsonl", copy_rows(160, seed=1)),
+            "eval": write_rows(d / "eval.jsonl", copy_rows(24, seed=2))}

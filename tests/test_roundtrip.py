@@ -39,13 +39,16 @@ def test_run_dir_is_complete(trained):
 
 
 def test_loss_goes_down_and_model_learns(trained):
-    _, out, _ = trained
+    method, out, _ = trained
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train"]
     assert len(losses) >= 5
-    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["eval"]["accuracy"] >= 0.7  # chance is 0.5; p < 0.01 on 40 rows
+    if method == "head":  # a linear probe on a tiny *random* frozen backbone has little to separate
+        assert sum(losses[-3:]) < sum(losses[:3])
+    else:
+        assert sum(losses[-3:]) < 0.85 * sum(losses[:3])
+        assert summary["eval"]["accuracy"] >= 0.7  # chance is 0.5; p < 0.01 on 40 rows
     evals = [r for r in records if r["type"] == "eval"]
     assert summary["eval"]["accuracy"] == max(r["eval_accuracy"] for r in evals)  # the best one is kept
 
@@ -67,7 +70,7 @@ def test_eval_and_predict(trained, sentiment, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["rows"] == 40
-    assert metrics["accuracy"] >= 0.7
+    assert metrics["accuracy"] == json.loads((out / "metrics.json").read_text())["eval"]["accuracy"]
     assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 40
     assert set(metrics["per_class"]) == {"negative", "positive"}
     assert "precision" in result.output and "negative" in result.output  # the rich table
@@ -138,6 +141,19 @@ def test_export_refuses_non_empty_output(trained, tmp_path):
     result = run_cli("export", out, "--output", tmp_path / "x")
     assert result.exit_code == 2 and "not empty" in result.output
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_head_only_leaves_the_backbone_untouched(trained, tiny_model):
+    method, out, _ = trained
+    if method != "head":
+        pytest.skip("head-only runs")
+    from safetensors.torch import load_file
+
+    base, tuned = load_file(tiny_model / "model.safetensors"), load_file(out / "model.safetensors")
+    backbone = {k: v for k, v in tuned.items() if k.startswith("bert.")}
+    assert len(backbone) == len(base)
+    assert all((v == base[k.removeprefix("bert.")]).all() for k, v in backbone.items())
+    assert set(tuned) - set(backbone) == {"classifier.weight", "classifier.bias"}
 
 
 def test_reload_with_plain_peft(trained):

@@ -42,7 +42,7 @@ def test_labels_go_on_the_first_subtoken(tiny_model):
     for label_all, expected in ((False, [IGNORE, 1, 0, IGNORE, IGNORE, 1, IGNORE]),
                                 (True, [IGNORE, 1, 0, 0, 0, 1, IGNORE])):
         cfg = _cfg(label_all_subtokens=label_all)
-        enc = TAG.encode(tok, table, cfg)
+        enc = TAG.encode(tok, table, cfg, None)
         (feat,) = TAG.features(enc, TAG.targets(table, cfg, labels), [0], cfg, training=True)
         assert feat["labels"] == expected
         assert "word_ids" not in feat
@@ -57,7 +57,7 @@ def test_truncation_is_counted(tiny_model, capsys):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     table = Table("t", {"tokens": [["the"] * 20, ["the", "film"]], "tags": [["O"] * 20, ["O", "O"]]})
     cfg = _cfg()
-    feats = TAG.features(TAG.encode(tok, table, cfg), TAG.targets(table, cfg, ["O"]), [0, 1], cfg, training=True)
+    feats = TAG.features(TAG.encode(tok, table, cfg, None), TAG.targets(table, cfg, ["O"]), [0, 1], cfg, training=True)
     assert len(feats[0]["input_ids"]) == 8
     assert "1 of 2 sentences are longer than data.max_length=8" in capsys.readouterr().err
 

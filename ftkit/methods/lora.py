@@ -49,4 +49,8 @@ class Lora:
         try:
             return get_peft_model(model, self.peft_config(params, head, peft_task_type))
         except ValueError as e:  # peft: target modules not found / no default for this architecture
+            if params["target_modules"] is None:
+                raise UsageError(f"config key 'method.target_modules': peft has no default LoRA targets for "
+                                 f"{type(model).__name__}; set it, e.g. --set method.target_modules=all-linear or "
+                                 "a list of module names") from None
             raise UsageError(f"config key 'method.target_modules': {e}") from None

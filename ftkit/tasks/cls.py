@@ -23,7 +23,9 @@ class Classification:
     columns = {"text": "text", "text_pair": "text_pair", "label": "label"}  # role -> default column
     optional = {"text_pair"}
     architectures = ("ForSequenceClassification",)  # checkpoints this task loads (for `eval MODEL`)
-    maximize = True  # the main metric is better when higher
+    maximize = True
+    streams = False
+    labelled = True  # a label set, stored as id2label/label2id in config.json  # the main metric is better when higher
     description = "sequence classification (single sentence or sentence pair)"
 
     # ------------------------------------------------------------------ data
@@ -58,7 +60,7 @@ class Classification:
     def main_metric(self, labels: list[str], cfg) -> str:
         return "accuracy"
 
-    def encode(self, tokenizer, table: Table, cfg) -> dict[str, list[list[int]]]:
+    def encode(self, tokenizer, table: Table, cfg, model_config) -> dict[str, list[list[int]]]:
         text, pair = self.texts(table, cfg)
         enc = tokenizer(text, pair, truncation=True, max_length=cfg.data.max_length)
         return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
@@ -114,7 +116,7 @@ class Classification:
         """A one-row table for ``predict --text``."""
         return Table("--text", {self._col(cfg, "text"): [text]})
 
-    def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32) -> list[dict]:
+    def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32, stream: bool = False) -> list[dict]:
         import torch
 
         text, pair = self.texts(table, cfg)

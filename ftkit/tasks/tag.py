@@ -44,6 +44,8 @@ class Tagging:
     optional: set = set()
     architectures = ("ForTokenClassification",)
     maximize = True
+    streams = False
+    labelled = True  # a label set, stored as id2label/label2id in config.json
     description = "token tagging (NER, POS): one tag per word"
 
     def _col(self, cfg, role: str) -> str:
@@ -91,7 +93,7 @@ class Tagging:
             out.append([ids[t] for t in sent])
         return out
 
-    def encode(self, tokenizer, table: Table, cfg) -> dict[str, list[list[int]]]:
+    def encode(self, tokenizer, table: Table, cfg, model_config) -> dict[str, list[list[int]]]:
         words = self.words(table, cfg)
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length)
         # word index per sub-token (-1 for special tokens), kept with the encoding so labels can be aligned later
@@ -167,7 +169,7 @@ class Tagging:
         """A one-row table for ``predict --text``: raw text, split into words by the tokenizer at predict time."""
         return Table("--text", {"text": [text]})
 
-    def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32) -> list[dict]:
+    def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32, stream: bool = False) -> list[dict]:
         import torch
 
         if "text" in table.columns and self._col(cfg, "tokens") not in table.columns:

@@ -1,0 +1,275 @@
+"""Text generation (``--task gen``): causal LMs and encoder-decoder (seq2seq) models, chosen from the checkpoint.
+
+Data comes in three formats (``data.format``; ``auto`` picks from the columns):
+- ``pairs``: ``prompt`` + ``response``; the loss is on the response only (prompt tokens are labelled -100);
+- ``chat``: ``messages`` (a list of ``{role, content}``), rendered with the tokenizer's chat template; the loss is
+  on the assistant turns only;
+- ``text``: plain ``text`` for continued language-model training (every token is trained).
+With ``task.template: auto`` a prompt/response pair is rendered as a one-turn chat when the tokenizer has a chat
+template (so training matches how the model is prompted), and as prompt + response otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+from ftkit.data import Table, to_features
+from ftkit.errors import UsageError
+from ftkit.tasks import TASKS
+from ftkit.tasks._common import pad_collate
+
+IGNORE = -100
+FORMATS = ("auto", "pairs", "chat", "text")
+
+
+@dataclass
+class GenParams:
+    template: str = field(default="auto", metadata={
+        "help": "How pairs become token sequences: auto (the chat template when the tokenizer has one), chat, "
+                "or plain (prompt followed by response)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate per prompt (predict, eval)."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with do_sample)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with do_sample)."})
+    generate_eval: bool = field(default=False, metadata={
+        "help": "`ftkit eval` also generates a response per prompt and reports exact match and ROUGE-L."})
+
+
+@TASKS.register("gen")
+class Generation:
+    name = "gen"
+    params = GenParams
+    columns = {"prompt": "prompt", "response": "response", "messages": "messages", "text": "text"}
+    architectures = ("ForCausalLM", "ForConditionalGeneration", "EncoderDecoderModel")
+    maximize = False  # perplexity: lower is better
+    streams = True  # `predict --text` prints tokens as they are generated
+    labelled = False
+    description = "text generation: prompt/response pairs, chat messages or plain text; causal or seq2seq"
+
+    def _col(self, cfg, role: str) -> str:
+        return cfg.data.columns.get(role, self.columns[role])
+
+    def data_format(self, table: Table, cfg) -> str:
+        fmt = cfg.data.format
+        if fmt not in FORMATS:
+            raise UsageError(f"config key 'data.format': got {fmt!r}, expected one of {', '.join(FORMATS)}")
+        if fmt != "auto":
+            return fmt
+        cols = table.columns
+        if self._col(cfg, "messages") in cols:
+            return "chat"
+        if self._col(cfg, "prompt") in cols and self._col(cfg, "response") in cols:
+            return "pairs"
+        if self._col(cfg, "text") in cols:
+            return "text"
+        raise UsageError(f"{table.source}: gen data needs `prompt`+`response`, `messages` or `text` columns "
+                         f"(rename with data.columns.ROLE=...); columns found: {', '.join(cols) or 'none'}")
+
+    # ------------------------------------------------------------------ data
+    def check(self, table: Table, cfg) -> None:
+        fmt = self.data_format(table, cfg)
+        if fmt == "chat":
+            for i, msgs in enumerate(table.column(self._col(cfg, "messages"), "messages")):
+                ok = isinstance(msgs, list) and msgs and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in msgs)
+                if not ok:
+                    raise UsageError(f"{table.locate(i)}: messages must be a list of {{role, content}} objects")
+                if not any(m["role"] == "assistant" for m in msgs):
+                    raise UsageError(f"{table.locate(i)}: no assistant message to learn from")
+            return
+        roles = ("text",) if fmt == "text" else ("prompt", "response")
+        for role in roles:
+            for i, v in enumerate(table.column(self._col(cfg, role), role)):
+                if not isinstance(v, str) or not v.strip():
+                    raise UsageError(f"{table.locate(i)}: empty or non-text value {v!r} in the {role} column")
+
+    def label_space(self, table: Table, cfg) -> list[str]:
+        return []  # generation has no label set
+
+    def targets(self, table: Table, cfg, labels: list[str]) -> list[None]:
+        return [None] * len(table)  # labels come from the encoding itself
+
+    def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool) -> list[dict]:
+        return [{k: v[i] for k, v in enc.items()} for i in idx]
+
+    def _use_chat(self, tokenizer, cfg) -> bool:
+        mode = cfg.task["template"]
+        if mode not in ("auto", "chat", "plain"):
+            raise UsageError(f"config key 'task.template': got {mode!r}, expected auto, chat or plain")
+        if mode == "chat" and not tokenizer.chat_template:
+            raise UsageError("task.template=chat, but this tokenizer has no chat template")
+        return mode == "chat" or (mode == "auto" and bool(tokenizer.chat_template))
+
+    def encode(self, tokenizer, table: Table, cfg, model_config) -> dict[str, list[list[int]]]:
+        """Token ids and labels (-100 where no loss is taken), truncated to data.max_length."""
+        fmt, n = self.data_format(table, cfg), cfg.data.max_length
+        if fmt == "chat" and not tokenizer.chat_template:
+            raise UsageError(f"{table.source}: chat messages need a tokenizer with a chat template; this one has "
+                             "none (use prompt/response pairs)")
+        if getattr(model_config, "is_encoder_decoder", False):
+            if fmt != "pairs":
+                raise UsageError(f"{table.source}: seq2seq models train on prompt/response pairs (format {fmt})")
+            src = tokenizer(table.column(self._col(cfg, "prompt"), "prompt"), truncation=True, max_length=n)
+            tgt = tokenizer(table.column(self._col(cfg, "response"), "response"), truncation=True, max_length=n)
+            start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+            labels = [t[1:] if t and t[0] == start else t for t in tgt["input_ids"]]  # the decoder starts with it
+            return {"input_ids": src["input_ids"], "labels": labels}
+        if fmt == "text":
+            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+            ids = [(x + eos)[:n] for x in tokenizer(table.column(self._col(cfg, "text"), "text"))["input_ids"]]
+            return {"input_ids": ids, "labels": ids}
+        if fmt == "chat":
+            convs = table.column(self._col(cfg, "messages"), "messages")
+        else:
+            prompts = table.column(self._col(cfg, "prompt"), "prompt")
+            responses = table.column(self._col(cfg, "response"), "response")
+            convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+                     for p, r in zip(prompts, responses)]
+        use_chat = fmt == "chat" or self._use_chat(tokenizer, cfg)
+        out_ids, out_labels = [], []
+        for conv in convs:
+            ids, labels = self._render(tokenizer, conv, use_chat)
+            out_ids.append(ids[:n])
+            out_labels.append(labels[:n])
+        return {"input_ids": out_ids, "labels": out_labels}
+
+    @staticmethod
+    def _render(tokenizer, conv: list[dict], use_chat: bool) -> tuple[list[int], list[int]]:
+        """Render a conversation; only assistant tokens are labelled. Each assistant turn's tokens are found by
+        rendering the conversation up to the turn (with the generation prompt) and up to its end."""
+        if not use_chat:
+            prompt = "\n".join(m["content"] for m in conv if m["role"] != "assistant")
+            reply = next(m["content"] for m in conv if m["role"] == "assistant")
+            p = tokenizer(prompt)["input_ids"]
+            r = tokenizer(" " + reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            return p + r, [IGNORE] * len(p) + r
+
+        def render(msgs, gen_prompt):
+            return tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen_prompt,
+                                                 return_dict=True)["input_ids"]
+
+        ids: list[int] = []
+        labels: list[int] = []
+        for k, m in enumerate(conv):
+            if m["role"] != "assistant":
+                continue
+            before, after = render(conv[:k], True), render(conv[:k + 1], False)
+            labels += [IGNORE] * (len(before) - len(ids)) + after[len(before):]
+            ids = after
+        return ids, labels
+
+    def collator(self, tokenizer):
+        return pad_collate(tokenizer.pad_token_id, label_pad=IGNORE)
+
+    # ------------------------------------------------------------------ model
+    def model_class(self, model_config):
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+        return AutoModelForSeq2SeqLM if getattr(model_config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+    def peft_task_type(self, model_config) -> str:
+        return "SEQ_2_SEQ_LM" if getattr(model_config, "is_encoder_decoder", False) else "CAUSAL_LM"
+
+    def config_overrides(self, labels: list[str]) -> dict:
+        return {}
+
+    def head_modules(self, model) -> list[str]:
+        return []  # the LM head is pretrained: nothing new to train in full
+
+    def prepare_model(self, model, tokenizer) -> None:
+        """A pad token where the tokenizer has none (the EOS), mirrored on the model's configs."""
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        for conf in (model.config, getattr(model, "generation_config", None)):
+            if conf is not None and getattr(conf, "pad_token_id", None) is None:
+                conf.pad_token_id = tokenizer.pad_token_id
+
+    # ------------------------------------------------------------------ evaluation
+    def main_metric(self, labels: list[str], cfg) -> str:
+        return "perplexity"
+
+    def eval_batch(self, model, batch):
+        """-> (mean loss, summed NLL per example, label-token count per example): perplexity is token-weighted."""
+        import torch.nn.functional as F
+
+        out = model(**batch)
+        logits, labels = out.logits, batch["labels"]
+        if not getattr(model.config, "is_encoder_decoder", False):
+            logits, labels = logits[:, :-1], labels[:, 1:]  # causal: position t predicts token t+1
+        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+        return out.loss, nll.sum(1), (labels != IGNORE).sum(1)
+
+    def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
+        tokens = float(sum(refs))
+        loss = float(sum(preds)) / max(tokens, 1.0)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
+
+    def generation_metrics(self, model, tokenizer, table: Table, cfg) -> dict:
+        """Generate for each prompt and score against the reference response: exact match and ROUGE-L F1."""
+        from rouge_score import rouge_scorer
+
+        if self.data_format(table, cfg) != "pairs":
+            raise UsageError(f"{table.source}: generation-based eval needs prompt/response pairs")
+        refs = table.column(self._col(cfg, "response"), "response")
+        hyps = [r["response"] for r in self.predict(model, tokenizer, table, cfg)]
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        rouge = [scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(refs, hyps)]
+        exact = [" ".join(r.split()).lower() == " ".join(h.split()).lower() for r, h in zip(refs, hyps)]
+        return {"exact_match": sum(exact) / len(refs), "rougeL": sum(rouge) / len(refs)}
+
+    # ------------------------------------------------------------------ prediction
+    def text_input(self, text: str, cfg) -> Table:
+        return Table("--text", {self._col(cfg, "prompt"): [text]})
+
+    def _prompts(self, tokenizer, table: Table, cfg) -> tuple[list[str], list[str], bool]:
+        """(model inputs, the prompt as shown in the output, whether the inputs are chat-rendered). A chat is
+        rendered up to the assistant's generation prompt; its last non-assistant message is what is shown."""
+        cols = table.columns
+        if self._col(cfg, "messages") in cols:
+            convs = [[m for m in msgs if m["role"] != "assistant"]
+                     for msgs in table.column(self._col(cfg, "messages"), "messages")]
+            shown, chat = [c[-1]["content"] if c else "" for c in convs], True
+        else:  # the prompt column, or a text column to continue
+            col = self._col(cfg, "prompt") if self._col(cfg, "prompt") in cols else self._col(cfg, "text")
+            shown = table.column(col, "prompt")
+            convs, chat = [[{"role": "user", "content": t}] for t in shown], self._use_chat(tokenizer, cfg)
+        if not chat:
+            return shown, shown, False
+        return ([tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs],
+                shown, True)
+
+    def _generate_kwargs(self, cfg) -> dict:
+        t = cfg.task
+        kw = {"max_new_tokens": t["max_new_tokens"], "do_sample": t["do_sample"]}
+        if t["do_sample"]:
+            kw |= {"temperature": t["temperature"], "top_p": t["top_p"]}
+        return kw
+
+    def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 8, stream: bool = False) -> list[dict]:
+        import torch
+
+        inputs, shown, chat = self._prompts(tokenizer, table, cfg)
+        seq2seq = getattr(model.config, "is_encoder_decoder", False)
+        tokenizer.padding_side = "left"  # batched generation continues from the last real token of every row
+        streamer = None
+        if stream:
+            from transformers import TextStreamer
+
+            streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        out = []
+        model.eval()
+        with torch.inference_mode():
+            for s in range(0, len(inputs), batch_size):
+                # a rendered chat already holds its special tokens
+                enc = tokenizer(inputs[s:s + batch_size], return_tensors="pt", padding=True, truncation=True,
+                                max_length=cfg.data.max_length, add_special_tokens=not chat).to(model.device)
+                gen = model.generate(**enc, **self._generate_kwargs(cfg), pad_token_id=tokenizer.pad_token_id,
+                                     streamer=streamer)
+                new = gen if seq2seq else gen[:, enc["input_ids"].shape[1]:]
+                for j, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True)):
+                    out.append({"prompt": shown[s + j], "response": text.strip()})
+        tokenizer.padding_side = "right"
+        return out

@@ -1,0 +1,162 @@
+"""Generation: prompt masking, chat rendering, perplexity, causal and seq2seq round trips."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import run_cli, train_args, write_rows
+from ftkit import config
+from ftkit.data import Table
+from ftkit.tasks import TASKS
+from ftkit.tasks.gen import IGNORE
+
+GEN = TASKS.get("gen")
+
+
+def _cfg(**task):
+    return config.build({"task": {"name": "gen", **task}, "data": {"max_length": 64}})
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_causal):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_causal)
+
+
+def test_prompt_tokens_are_masked(tok):
+    table = Table("t", {"prompt": ["the film was good"], "response": ["nice story"]})
+    enc = GEN.encode(tok, table, _cfg(template="plain"), None)
+    ids, labels = enc["input_ids"][0], enc["labels"][0]
+    n_prompt = len(tok("the film was good")["input_ids"])
+    assert labels[:n_prompt] == [IGNORE] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(ids[n_prompt:]) == "nice story [SEP]"  # the response ends with EOS, which is learned
+
+
+def test_chat_only_assistant_turns_are_learned(tok):
+    msgs = [{"role": "user", "content": "good ?"}, {"role": "assistant", "content": "nice"},
+            {"role": "user", "content": "bad ?"}, {"role": "assistant", "content": "awful"}]
+    enc = GEN.encode(tok, Table("t", {"messages": [msgs]}), _cfg(), None)
+    ids, labels = enc["input_ids"][0], enc["labels"][0]
+    assert ids == tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+    learned = tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE])
+    assert learned == "nice [SEP] awful [SEP]"
+
+
+def test_pairs_use_the_chat_template_when_there_is_one(tok):
+    table = Table("t", {"prompt": ["good ?"], "response": ["nice"]})
+    chat = GEN.encode(tok, table, _cfg(), None)
+    assert tok.decode(chat["input_ids"][0]) == "user : good? [SEP] assistant : nice [SEP]"
+
+
+def test_text_format_learns_every_token(tok):
+    cfg = config.build({"task": "gen", "data": {"format": "text"}})
+    enc = GEN.encode(tok, Table("t", {"text": ["the plot was dull"]}), cfg, None)
+    assert enc["labels"] == enc["input_ids"]
+
+
+def test_perplexity_is_token_weighted():
+    m = GEN.metrics([6.0, 2.0], [3, 1], [], _cfg())  # summed NLL and label-token counts per example
+    assert m["loss"] == pytest.approx(2.0) and m["perplexity"] == pytest.approx(math.exp(2.0)) and m["tokens"] == 4
+
+
+def test_generation_metrics_on_known_outputs(monkeypatch):
+    table = Table("t", {"prompt": ["a", "b"], "response": ["the cat sat", "good"]})
+    monkeypatch.setattr(GEN, "predict", lambda *a, **k: [{"response": "the cat"}, {"response": "Good"}])
+    m = GEN.generation_metrics(None, None, table, _cfg())
+    assert m["exact_match"] == 0.5  # case and spacing are normalised
+    # ROUGE-L F1: "the cat" vs "the cat sat": P = 1, R = 2/3 -> F = 0.8; "good" exact -> 1
+    assert m["rougeL"] == pytest.approx((0.8 + 1.0) / 2)
+
+
+@pytest.fixture(scope="module", params=["lora", "full"])
+def causal_run(request, tiny_causal, copy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"gen-{request.param}") / "run"
+    result = run_cli(*train_args(tiny_causal, copy_data, out, "--task", "gen", "--method", request.param,
+                                 "--epochs", "6", "--lr", "1e-2" if request.param == "lora" else "3e-3",
+                                 "--set", "train.log_every=2"))
+    assert result.exit_code == 0, result.output
+    return request.param, out
+
+
+def test_causal_round_trip(causal_run, tiny_causal, copy_data, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftkit.models import load_trained
+
+    method, out = causal_run
+    summary = json.loads((out / "metrics.json").read_text())
+    # zero-shot baseline on the same data with the plain base model (task found from its architecture)
+    result = run_cli("eval", tiny_causal, "--data", copy_data["eval"], "--output", tmp_path / "base.json")
+    assert result.exit_code == 0, result.output
+    base = json.loads((tmp_path / "base.json").read_text())
+    assert summary["eval"]["perplexity"] < 0.5 * base["perplexity"]
+    result = run_cli("eval", out, "--data", copy_data["eval"], "--output", tmp_path / "run.json", "--generate",
+                     "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((tmp_path / "run.json").read_text())
+    assert tuned["perplexity"] == pytest.approx(summary["eval"]["perplexity"], rel=1e-4)
+    assert 0 <= tuned["exact_match"] <= 1 and 0 <= tuned["rougeL"] <= 1
+
+    preds = tmp_path / "p.jsonl"
+    assert run_cli("predict", out, "--file", copy_data["eval"], "--output", preds, "--max-new-tokens", "3").exit_code == 0
+    rows = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(rows) == 24 and all(set(r) == {"prompt", "response"} for r in rows)
+    result = run_cli("predict", out, "--text", "what word : the film was superb", "--max-new-tokens", "3")
+    assert result.exit_code == 0 and not result.stdout.startswith("{")  # streamed as plain text
+
+    assert run_cli("export", out, "--output", tmp_path / "merged").exit_code == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    batch = AutoTokenizer.from_pretrained(tmp_path / "merged")(["what word : a good plot"], return_tensors="pt")
+    with torch.no_grad():
+        reference = load_trained(str(out)).model(**batch).logits
+        assert (merged(**batch).logits - reference).abs().max().item() <= 1e-4
+    if method == "lora":
+        from peft import AutoPeftModelForCausalLM
+
+        plain = AutoPeftModelForCausalLM.from_pretrained(out).eval()
+        with torch.no_grad():
+            assert (plain(**batch).logits - reference).abs().max().item() <= 1e-4
+
+
+def test_chat_messages_train(tmp_path, tiny_causal):
+    rows = [{"messages": [{"role": "user", "content": f"the {w} film ?"}, {"role": "assistant", "content": w}]}
+            for w in ["good", "bad", "nice", "dull"] * 10]
+    data = {"train": write_rows(tmp_path / "c.jsonl", rows), "eval": write_rows(tmp_path / "e.jsonl", rows[:8])}
+    result = run_cli(*train_args(tiny_causal, data, tmp_path / "run", "--task", "gen", "--max-steps", "4"))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_seq2seq_round_trip(method, tiny_seq2seq, copy_data, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(tiny_seq2seq, copy_data, out, "--task", "gen", "--method", method, "--epochs", "3", "--lr",
+                      "5e-3", "--set", "train.log_every=2")
+    if method == "lora":
+        result = run_cli(*args)
+        assert result.exit_code == 2 and "no default LoRA targets for EncoderDecoderModel" in result.output
+        args += ["--set", "method.target_modules=query,value"]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert losses[-1] < 0.7 * losses[0]
+    result = run_cli("eval", out, "--data", copy_data["eval"], "--generate", "--max-new-tokens", "3",
+                     "--output", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert {"perplexity", "exact_match", "rougeL"} <= set(json.loads((tmp_path / "m.json").read_text()))
+    result = run_cli("export", out, "--output", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+
+
+def test_gen_data_without_known_columns_is_a_usage_error(tmp_path, tiny_causal):
+    bad = write_rows(tmp_path / "b.jsonl", [{"question": "a", "answer": "b"}] * 4)
+    result = run_cli(*train_args(tiny_causal, {"train": bad, "eval": bad}, tmp_path / "r", "--task", "gen"))
+    assert result.exit_code == 2
+    assert "gen data needs `prompt`+`response`, `messages` or `text` columns" in result.output
+    assert "columns found: question, answer" in result.output
