@@ -32,7 +32,7 @@ def export(run: str, output: str, adapter_only: bool = False) -> Path:
                          "export it with --merge")
     if is_adapter and not adapter_only and loaded.cfg is not None:
         method = METHODS.get(loaded.cfg.method_name)
-        if not getattr(method, "mergeable", True):
+        if not method.mergeable:
             raise UsageError(f"{run}: method {method.name} adds virtual tokens and cannot be merged into the base "
                              "weights; use --adapter-only")
     out.parent.mkdir(parents=True, exist_ok=True)

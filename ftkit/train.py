@@ -56,13 +56,13 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
 
     # Data first: a bad row should fail in a second, not after the model has loaded.
     train_table = read_table(cfg.data.train)
+    task.check(train_table, cfg)
     labels = task.label_space(train_table, cfg)
     train_targets = task.targets(train_table, cfg, labels)
-    task.check(train_table, cfg)
     if cfg.data.eval:
         eval_table = read_table(cfg.data.eval)
-        eval_targets = task.targets(eval_table, cfg, labels)
         task.check(eval_table, cfg)
+        eval_targets = task.targets(eval_table, cfg, labels)
         train_idx, eval_idx = list(range(len(train_table))), list(range(len(eval_table)))
     else:
         eval_table, eval_targets = train_table, train_targets

@@ -160,3 +160,28 @@ def test_gen_data_without_known_columns_is_a_usage_error(tmp_path, tiny_causal):
     assert result.exit_code == 2
     assert "gen data needs `prompt`+`response`, `messages` or `text` columns" in result.output
     assert "columns found: question, answer" in result.output
+
+
+def test_plain_text_training_and_a_missing_pad_token(tmp_path, tiny_causal):
+    """Continued LM training on plain text, with a tokenizer that has no pad token (EOS stands in)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model_dir = tmp_path / "nopad"
+    shutil.copytree(tiny_causal, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.pad_token = None
+    tok.save_pretrained(model_dir)
+    assert AutoTokenizer.from_pretrained(model_dir).pad_token is None
+    rows = [{"text": f"the {w} film was really {w}"} for w in ["good", "bad", "dull", "nice"] * 10]
+    data = {"train": write_rows(tmp_path / "t.jsonl", rows), "eval": write_rows(tmp_path / "e.jsonl", rows[:8])}
+    out = tmp_path / "run"
+    result = run_cli(*train_args(model_dir, data, out, "--task", "gen", "--max-steps", "6",
+                                 "--set", "data.format=text"))
+    assert result.exit_code == 0, result.output
+    assert AutoTokenizer.from_pretrained(out).pad_token == tok.eos_token
+    result = run_cli("predict", out, "--file", data["eval"], "--max-new-tokens", "2", "--set", "task.do_sample=true",
+                     "--set", "task.temperature=0.7")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 8

@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Protocol
 
 from ftkit.registry import Registry
 
-METHODS: Registry = Registry("method")
+
+class Method(Protocol):
+    name: str
+    description: str
+    params: type  # dataclass of the method's config keys (``method.KEY``)
+    default_lr: float
+    mergeable: bool  # an adapter that `export --merge` can fold into the base weights
+
+    def validate(self, cfg) -> None: ...
+    def apply(self, model, params: dict, head: list[str], peft_task_type: str | None = None): ...
+
+
+METHODS: Registry[Method] = Registry("method")
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):

@@ -14,6 +14,7 @@ class FullParams:
 class Full:
     name = "full"
     params = FullParams
+    mergeable = True
     default_lr = 3e-5
     description = "train every weight"
 

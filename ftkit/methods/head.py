@@ -15,6 +15,7 @@ class HeadParams:
 class Head:
     name = "head"
     params = HeadParams
+    mergeable = True
     default_lr = 1e-3  # a freshly initialised head on frozen features wants a large step
     description = "freeze the backbone, train the task head"
 

@@ -22,6 +22,7 @@ class LoraParams:
 class Lora:
     name = "lora"
     params = LoraParams
+    mergeable = True
     default_lr = 5e-4
     description = "low-rank adapters (peft LoRA); head trained in full"
 

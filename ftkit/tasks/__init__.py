@@ -1,18 +1,50 @@
 """Task families. Each module registers one task object in TASKS; nothing else enumerates them.
 
-A task knows its data columns (roles), how to encode rows into features, which model class to load, how to batch
-features, how to evaluate a batch, which metrics it reports (``main_metric`` is maximised), and how to predict.
-Heavy imports (torch, transformers) stay inside the methods so that importing this package is cheap.
+Every task object provides what ``Task`` below lists. Heavy imports (torch, transformers) stay inside the methods
+so that importing this package (and so ``ftkit --help``) stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Protocol
 
 from ftkit.registry import Registry
 
-TASKS: Registry = Registry("task")
+
+class Task(Protocol):
+    name: str
+    description: str
+    params: type  # dataclass of the task's config keys (``task.KEY``)
+    columns: dict[str, str]  # data role -> default column name (overridable with data.columns.ROLE)
+    architectures: tuple[str, ...]  # architecture-name endings this task loads, for `ftkit eval MODEL`
+    maximize: bool  # whether a higher main metric is better
+    labelled: bool  # has a label set stored as id2label/label2id in config.json
+    streams: bool  # `predict --text` streams its output
+
+    # data, before any model is loaded
+    def check(self, table, cfg) -> None: ...
+    def label_space(self, table, cfg) -> list[str]: ...
+    def targets(self, table, cfg, labels: list[str]) -> list: ...
+    # encoding (cached on disk) and model-ready features
+    def encode(self, tokenizer, table, cfg, model_config) -> dict[str, list[list[int]]]: ...
+    def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool) -> list[dict]: ...
+    def collator(self, tokenizer): ...
+    # model
+    def model_class(self, model_config): ...
+    def peft_task_type(self, model_config) -> str: ...
+    def config_overrides(self, labels: list[str]) -> dict: ...
+    def head_modules(self, model) -> list[str]: ...
+    def prepare_model(self, model, tokenizer) -> None: ...
+    # evaluation and prediction
+    def main_metric(self, labels: list[str], cfg) -> str: ...
+    def eval_batch(self, model, batch): ...  # -> (loss, per-example predictions, per-example references)
+    def metrics(self, preds: list, refs: list, labels: list[str], cfg) -> dict: ...
+    def text_input(self, text: str, cfg): ...
+    def predict(self, model, tokenizer, table, cfg, batch_size: int, stream: bool = False) -> list[dict]: ...
+
+TASKS: Registry[Task] = Registry("task")
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):
