@@ -27,8 +27,10 @@ def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> 
     with init_empty_weights():
         model = task.model_class(model_config).from_config(model_config,
                                                            trust_remote_code=cfg.model.trust_remote_code)
-        model.tie_weights()  # not done on the meta device by from_config; tied weights count once
-        model = method.apply(model, cfg.method, task.head_modules(model), task.peft_task_type(model_config))
+    # Outside the context: inside it, tying re-registers the shared weight as a new (untied) meta tensor.
+    # Adapter weights the method adds are small and real.
+    model.tie_weights()
+    model = method.apply(model, cfg.method, task.head_modules(model), task.peft_task_type(model_config))
     trainable, total = count_params(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     # fp32 gradient + AdamW's two fp32 moments per trainable parameter; activations come on top and depend on

@@ -67,5 +67,9 @@ def test_chat_lora_lowers_held_out_perplexity(tmp_path):
     result = run_cli("train", "gen-lora", "--output", out, "--max-steps", "30", "--max-length", "96",
                      "--set", "data.eval_fraction=0.05")
     assert result.exit_code == 0, result.output
-    tuned = json.loads((out / "metrics.json").read_text())["eval"]
-    assert tuned["perplexity"] < 0.9 * base, (tuned["perplexity"], base)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["eval"]["perplexity"] < 0.9 * base, (summary["eval"]["perplexity"], base)
+    # `ftkit info` (meta device, no weights read) counts what training counted: tied embeddings once
+    info = json.loads(run_cli("info", "smollm2-135m", "--task", "gen", "--json").stdout)
+    assert (info["total_params"], info["trainable_params"]) == (summary["train"]["total_params"],
+                                                                summary["train"]["trainable_params"])
