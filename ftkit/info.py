@@ -10,7 +10,7 @@ def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> 
     from accelerate import init_empty_weights
     from transformers import AutoConfig
 
-    from ftkit.methods import METHODS
+    from ftkit.methods import METHODS, Context
     from ftkit.models import base_model_path, quiet_libraries
     from ftkit.tasks import TASKS
     from ftkit.train import count_params
@@ -30,7 +30,9 @@ def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> 
     # Outside the context: inside it, tying re-registers the shared weight as a new (untied) meta tensor.
     # Adapter weights the method adds are small and real.
     model.tie_weights()
-    model = method.apply(model, cfg.method, task.head_modules(model), task.peft_task_type(model_config))
+    ctx = Context(head=task.head_modules(model), peft_task_type=task.peft_task_type(model_config),
+                  total_steps=1000, base_path=str(path))  # the step count only shapes AdaLoRA's schedule
+    model = method.apply(model, cfg.method, ctx)
     trainable, total = count_params(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     # fp32 gradient + AdamW's two fp32 moments per trainable parameter; activations come on top and depend on

@@ -89,8 +89,18 @@ def evaluate(model, loader, task, labels, cfg, accelerator) -> dict:
     return {"loss": float(torch.cat(losses).mean()), **task.metrics(preds, refs, labels, cfg)}
 
 
+def plan_steps(n_train: int, cfg, num_processes: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) for ``n_train`` examples; the batches are sharded over
+    the processes (Accelerate's even batches), then accumulated."""
+    t = cfg.train
+    batches = math.ceil(math.ceil(n_train / t.batch_size) / num_processes)
+    per_epoch = max(1, math.ceil(batches / t.grad_accum))
+    return per_epoch, t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
+
+
 def train_loop(*, model, train_features, eval_features, collate, task, labels, main_metric, cfg, accelerator,
-               reporter, save_best: Callable[[object], None]) -> LoopResult:
+               reporter, save_best: Callable[[object], None],
+               step_hook: Callable[[int], None] | None = None) -> LoopResult:
     import torch
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
@@ -102,8 +112,7 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
     optimizer = make_optimizer(model, t.lr, t.weight_decay, accelerator.device.type == "cuda")
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / t.grad_accum))
-    total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    steps_per_epoch, total = plan_steps(len(train_features), cfg, accelerator.num_processes)
     # Not passed through accelerator.prepare: we step it once per optimizer step ourselves, on a step count that
     # already accounts for sharding, so it needs none of AcceleratedScheduler's per-process stepping.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(t.warmup_ratio * total), total)
@@ -126,6 +135,8 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, t.max_grad_norm)
                 optimizer.step()  # the prepared optimizer only steps when gradients are synced
+                if step_hook and accelerator.sync_gradients:
+                    step_hook(step)  # e.g. AdaLoRA's budget allocation: after the step, before zeroing grads
                 optimizer.zero_grad(set_to_none=True)
             running += loss.detach()
             micro += 1

@@ -69,6 +69,7 @@ class Loaded:
 def load_trained(name: str, task_name: str | None = None) -> Loaded:
     """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline)."""
     from ftkit import config as config_mod
+    from ftkit.methods import METHODS
     from ftkit.tasks import TASKS
 
     path = catalog.resolve_model(name) if not Path(name).is_dir() else Path(name)
@@ -92,6 +93,8 @@ def load_trained(name: str, task_name: str | None = None) -> Loaded:
         base = PeftConfig.from_pretrained(path).base_model_name_or_path
         model = task.model_class(model_config).from_pretrained(base, config=model_config, trust_remote_code=trust)
         model = PeftModel.from_pretrained(model, path)
+        if cfg is not None and hasattr(METHODS.get(cfg.method_name), "prepare_loaded"):
+            METHODS.get(cfg.method_name).prepare_loaded(model)
     else:
         model = task.model_class(model_config).from_pretrained(path, config=model_config, trust_remote_code=trust)
     model.eval()

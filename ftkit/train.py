@@ -77,7 +77,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from ftkit.loop import train_loop
+    from ftkit.loop import plan_steps, train_loop
+    from ftkit.methods import Context
     from ftkit.models import load_for_training, quiet_libraries
     from ftkit.report import Reporter, model_card
 
@@ -86,14 +87,18 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
                               gradient_accumulation_steps=cfg.train.grad_accum)
     set_seed(cfg.train.seed)  # before the model: the new head's initialisation depends on it
     model, tokenizer, base_path = load_for_training(cfg, task, labels)
-    model = method.apply(model, cfg.method, task.head_modules(model), task.peft_task_type(model.config))
-    trainable, total = count_params(model)
-
     train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, model.config, eval_table,
                                                                          cfg.data.eval, cfg)
     train_features = task.features(train_enc, train_targets, train_idx, cfg, training=True)
     eval_features = task.features(eval_enc, eval_targets, eval_idx, cfg, training=False)
+
+    ctx = Context(head=task.head_modules(model), peft_task_type=task.peft_task_type(model.config),
+                  total_steps=plan_steps(len(train_features), cfg, accelerator.num_processes)[1],
+                  base_path=str(base_path))
+    model = method.apply(model, cfg.method, ctx)
+    trainable, total = count_params(model)
+    step_hook = method.step_hook(model) if hasattr(method, "step_hook") else None
     main_metric = task.main_metric(labels, cfg)
 
     main = accelerator.is_main_process
@@ -121,7 +126,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
 
     result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
                         collate=task.collator(tokenizer), task=task, labels=labels, main_metric=main_metric, cfg=cfg,
-                        accelerator=accelerator, reporter=reporter, save_best=save_best)
+                        accelerator=accelerator, reporter=reporter, save_best=save_best, step_hook=step_hook)
 
     summary = {"eval": result.best, "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),
                                               "stopped_early": result.stopped_early, "train_rows": len(train_features),

@@ -48,7 +48,8 @@ def test_switching_method_drops_the_previous_methods_params(tmp_path):
     ({"method": {"name": "lora", "r": 0}}, "config key 'method.r': got 0, expected an integer >= 1"),
     ({"train": {"precision": "fp8"}}, "config key 'train.precision': got 'fp8', expected fp32 or bf16 or fp16"),
     ({"task": "translate"}, "unknown task 'translate'; choose one of: cls, "),
-    ({"method": "qlora"}, "unknown method 'qlora'; choose one of: full, head, lora"),
+    ({"method": "qlora"}, "unknown method 'qlora'; choose one of: adalora, dora, full, head, ia3, lora, prefix, "
+                          "prompt"),
 ])
 def test_bad_config_is_rejected_by_name(layer, message):
     with pytest.raises(UsageError) as e:
@@ -82,7 +83,7 @@ def test_saved_config_round_trips(tmp_path):
 def test_registries_list_choices():
     assert {"cls"} <= set(TASKS.names())
     assert {"full", "head", "lora"} <= set(METHODS.names())
-    with pytest.raises(UsageError, match="unknown method 'nope'; choose one of: full, head, lora"):
+    with pytest.raises(UsageError, match="unknown method 'nope'; choose one of: adalora, dora, full, head"):
         METHODS.get("nope")
 
 

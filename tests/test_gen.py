@@ -139,7 +139,7 @@ def test_seq2seq_round_trip(method, tiny_seq2seq, copy_data, tmp_path):
                       "5e-3", "--set", "train.log_every=2")
     if method == "lora":
         result = run_cli(*args)
-        assert result.exit_code == 2 and "no default LoRA targets for EncoderDecoderModel" in result.output
+        assert result.exit_code == 2 and "no default targets for EncoderDecoderModel" in result.output
         args += ["--set", "method.target_modules=query,value"]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output

@@ -14,7 +14,7 @@ from ftkit.methods import METHODS
 def trained(request, tiny_model, sentiment, tmp_path_factory):
     method = request.param
     out = tmp_path_factory.mktemp(f"run-{method}") / "run"
-    lr = {"full": "5e-3", "head": "5e-2", "lora": "2e-2"}.get(method, "1e-2")
+    lr = {"full": "5e-3", "head": "5e-2", "prompt": "5e-2", "prefix": "2e-2"}.get(method, "2e-2")
     epochs = {"head": "20"}.get(method, "8")  # a linear probe on random frozen features needs more passes
     result = run_cli(*train_args(tiny_model, sentiment, out, "--method", method, "--epochs", epochs, "--lr", lr,
                                  "--set", "train.log_every=2"))
@@ -26,7 +26,7 @@ def test_run_dir_is_complete(trained):
     method, out, result = trained
     names = {p.name for p in out.iterdir()}
     assert {"ftkit.yaml", "metrics.json", "metrics.jsonl", "README.md", "config.json", "tokenizer.json"} <= names
-    if METHODS.get(method).name == "lora":
+    if method not in ("full", "head"):
         assert {"adapter_config.json", "adapter_model.safetensors"} <= names
         assert "model.safetensors" not in names
     else:
@@ -44,9 +44,11 @@ def test_loss_goes_down_and_model_learns(trained):
     losses = [r["loss"] for r in records if r["type"] == "train"]
     assert len(losses) >= 5
     summary = json.loads((out / "metrics.json").read_text())
-    if method == "head":  # a linear probe on a tiny *random* frozen backbone has little to separate
-        assert sum(losses[-3:]) < sum(losses[:3])
-    else:
+    # Every method lowers the loss. On a tiny *random* backbone only the methods that change most of it learn the
+    # task well in a few steps; the frozen-backbone ones (head, prompt, prefix, IA3's rescaling, AdaLoRA's pruned
+    # ranks) have little to steer, so only the loss is asserted for them.
+    assert sum(losses[-3:]) < sum(losses[:3])
+    if method in ("full", "lora", "dora"):
         assert sum(losses[-3:]) < 0.85 * sum(losses[:3])
         assert summary["eval"]["accuracy"] >= 0.7  # chance is 0.5; p < 0.01 on 40 rows
     evals = [r for r in records if r["type"] == "eval"]
@@ -60,7 +62,18 @@ def test_trainable_parameters_match_the_method(trained):
     head = hidden * labels + labels
     expected = {"full": train["total_params"], "head": head,
                 # LoRA r=8 on query+value of 2 layers: (A: r x 32 + B: 32 x r) x 2 modules x 2 layers, plus head
-                "lora": 2 * 2 * (8 * hidden + hidden * 8) + head}
+                "lora": 2 * 2 * (8 * hidden + hidden * 8) + head,
+                # DoRA adds a magnitude vector per adapted output: 32 x 2 modules x 2 layers
+                "dora": 2 * 2 * (8 * hidden + hidden * 8 + hidden) + head,
+                # IA3 on BERT (peft's default): key, value, and the inputs of both `output.dense` layers
+                # (attention output: 32, feed-forward output: intermediate 64)
+                "ia3": 2 * (hidden + hidden + hidden + 64) + head,
+                # prompt tuning: 20 virtual tokens x 32
+                "prompt": 20 * hidden + head,
+                # prefix tuning: 20 virtual tokens x 2 layers x (key + value) x 32
+                "prefix": 20 * 2 * 2 * hidden + head}
+    if method not in expected:
+        pytest.skip(f"no hand count for {method}")
     assert train["trainable_params"] == expected[method]
 
 
@@ -100,8 +113,12 @@ def test_export_merge_equals_run(trained, sentiment, tmp_path):
 
     from ftkit.models import load_trained
 
-    _, out, _ = trained
+    method, out, _ = trained
     result = run_cli("export", out, "--output", tmp_path / "merged", "--merge")
+    if not METHODS.get(method).mergeable:
+        assert result.exit_code == 2 and "cannot be merged into the base weights; use --adapter-only" in result.output
+        assert not (tmp_path / "merged").exists()
+        return
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
@@ -124,7 +141,7 @@ def test_export_merge_equals_run(trained, sentiment, tmp_path):
 def test_export_adapter_only(trained, tmp_path):
     method, out, _ = trained
     result = run_cli("export", out, "--output", tmp_path / "adapter", "--adapter-only")
-    if method == "lora":
+    if method not in ("full", "head"):
         assert result.exit_code == 0, result.output
         assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json",
                                                                       "adapter_model.safetensors"}
@@ -159,7 +176,7 @@ def test_head_only_leaves_the_backbone_untouched(trained, tiny_model):
 def test_reload_with_plain_peft(trained):
     """A LoRA run dir loads with stock peft (no ftkit) and predicts what ftkit predicts."""
     method, out, _ = trained
-    if method != "lora":
+    if method in ("full", "head"):
         pytest.skip("adapter runs only")
     import torch
     from peft import AutoPeftModelForSequenceClassification

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from dataclasses import dataclass
 from typing import Protocol
 
 from ftkit.registry import Registry
@@ -22,8 +23,18 @@ class Method(Protocol):
     default_lr: float
     mergeable: bool  # an adapter that `export --merge` can fold into the base weights
 
-    def validate(self, cfg) -> None: ...
-    def apply(self, model, params: dict, head: list[str], peft_task_type: str | None = None): ...
+    def validate(self, cfg) -> None: ...  # checks that need no model; refuse unsupported combinations here
+    def apply(self, model, params: dict, ctx: "Context"): ...  # -> the model to train
+
+
+@dataclass
+class Context:
+    """What a method may need to know about the run when it wraps the model."""
+
+    head: list[str]  # the task head's module names: always trained, saved with an adapter
+    peft_task_type: str  # SEQ_CLS, TOKEN_CLS, CAUSAL_LM or SEQ_2_SEQ_LM
+    total_steps: int  # optimizer steps the run will take (AdaLoRA's budget schedule needs it)
+    base_path: str  # the base checkpoint (e.g. for a prompt-tuning tokenizer)
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -21,6 +21,6 @@ class Full:
     def validate(self, cfg) -> None:
         pass
 
-    def apply(self, model, params: dict, head: list[str], peft_task_type: str | None = None):
+    def apply(self, model, params: dict, ctx):
         model.requires_grad_(True)
         return model

@@ -20,12 +20,16 @@ class Head:
     description = "freeze the backbone, train the task head"
 
     def validate(self, cfg) -> None:
-        pass
+        from ftkit.tasks import TASKS
 
-    def apply(self, model, params: dict, head: list[str], peft_task_type: str | None = None):
-        if not head:
+        if not TASKS.get(cfg.task_name).labelled:
+            raise UsageError(f"method 'head' needs a task with a new head to train; task {cfg.task_name!r} has "
+                             "none (its LM head is pretrained): use lora or full")
+
+    def apply(self, model, params: dict, ctx):
+        if not ctx.head:
             raise UsageError(f"{type(model).__name__} has no task head outside its backbone; use --method lora")
         model.requires_grad_(False)
-        for name in head:
+        for name in ctx.head:
             getattr(model, name).requires_grad_(True)
         return model

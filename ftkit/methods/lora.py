@@ -18,6 +18,34 @@ class LoraParams:
                                         "peft's default for the architecture."})
 
 
+def check_lora_params(p: dict) -> None:
+    if p["r"] < 1:
+        raise UsageError(f"config key 'method.r': got {p['r']!r}, expected an integer >= 1")
+    if p["alpha"] <= 0:
+        raise UsageError(f"config key 'method.alpha': got {p['alpha']!r}, expected a number > 0")
+    if not 0 <= p["dropout"] < 1:
+        raise UsageError(f"config key 'method.dropout': got {p['dropout']!r}, expected a number in [0, 1)")
+
+
+def targets(params: dict):
+    t = params["target_modules"]
+    return "all-linear" if t == ["all-linear"] else t
+
+
+def wrap(model, peft_config, params: dict):
+    """get_peft_model with peft's errors about target modules turned into a config error."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:  # peft: target modules not found / no default for this architecture
+        if params.get("target_modules") is None:
+            raise UsageError(f"config key 'method.target_modules': peft has no default targets for "
+                             f"{type(model).__name__}; set it, e.g. --set method.target_modules=all-linear or "
+                             "a list of module names") from None
+        raise UsageError(f"config key 'method.target_modules': {e}") from None
+
+
 @METHODS.register("lora")
 class Lora:
     name = "lora"
@@ -25,33 +53,15 @@ class Lora:
     mergeable = True
     default_lr = 5e-4
     description = "low-rank adapters (peft LoRA); head trained in full"
+    use_dora = False
 
     def validate(self, cfg) -> None:
-        p = cfg.method
-        if p["r"] < 1:
-            raise UsageError(f"config key 'method.r': got {p['r']!r}, expected an integer >= 1")
-        if p["alpha"] <= 0:
-            raise UsageError(f"config key 'method.alpha': got {p['alpha']!r}, expected a number > 0")
-        if not 0 <= p["dropout"] < 1:
-            raise UsageError(f"config key 'method.dropout': got {p['dropout']!r}, expected a number in [0, 1)")
+        check_lora_params(cfg.method)
 
-    def peft_config(self, params: dict, head: list[str], peft_task_type: str | None):
+    def apply(self, model, params: dict, ctx):
         from peft import LoraConfig
 
-        targets = params["target_modules"]
-        if targets == ["all-linear"]:
-            targets = "all-linear"
-        return LoraConfig(r=params["r"], lora_alpha=params["alpha"], lora_dropout=params["dropout"],
-                          target_modules=targets, modules_to_save=head or None, task_type=peft_task_type)
-
-    def apply(self, model, params: dict, head: list[str], peft_task_type: str | None = None):
-        from peft import get_peft_model
-
-        try:
-            return get_peft_model(model, self.peft_config(params, head, peft_task_type))
-        except ValueError as e:  # peft: target modules not found / no default for this architecture
-            if params["target_modules"] is None:
-                raise UsageError(f"config key 'method.target_modules': peft has no default LoRA targets for "
-                                 f"{type(model).__name__}; set it, e.g. --set method.target_modules=all-linear or "
-                                 "a list of module names") from None
-            raise UsageError(f"config key 'method.target_modules': {e}") from None
+        config = LoraConfig(r=params["r"], lora_alpha=params["alpha"], lora_dropout=params["dropout"],
+                            target_modules=targets(params), modules_to_save=ctx.head or None,
+                            task_type=ctx.peft_task_type, use_dora=self.use_dora)
+        return wrap(model, config, params)

@@ -27,6 +27,12 @@ def pad_collate(pad_id: int, label_pad: int | None = None):
     return collate
 
 
+def real_positions(logits, length: int):
+    """Per-token logits for the real tokens only: prompt tuning prepends virtual tokens to the input, so its
+    outputs are longer than the labels by that many leading positions."""
+    return logits[:, -length:] if logits.shape[1] > length else logits
+
+
 def head_modules(model) -> list[str]:
     """Names of the top-level modules outside the pretrained backbone (e.g. ``classifier``, ``score``).
 

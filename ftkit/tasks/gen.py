@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ftkit.data import Table, to_features
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import pad_collate
+from ftkit.tasks._common import pad_collate, real_positions
 
 IGNORE = -100
 FORMATS = ("auto", "pairs", "chat", "text")
@@ -196,7 +196,8 @@ class Generation:
         import torch.nn.functional as F
 
         out = model(**batch)
-        logits, labels = out.logits, batch["labels"]
+        labels = batch["labels"]
+        logits = real_positions(out.logits, labels.shape[1])
         if not getattr(model.config, "is_encoder_decoder", False):
             logits, labels = logits[:, :-1], labels[:, 1:]  # causal: position t predicts token t+1
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from ftkit.data import Table
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import confusion_metrics, head_modules, label_config, pad_collate, sort_labels
+from ftkit.tasks._common import (confusion_metrics, head_modules, label_config, pad_collate, real_positions,
+                                 sort_labels)
 
 IGNORE = -100
 SCHEMES = ("auto", "iob2", "iobes", "none")
@@ -143,8 +144,14 @@ class Tagging:
         return "accuracy" if self.scheme(labels, cfg) == "none" else "entity_f1"
 
     def eval_batch(self, model, batch):
-        out = model(**batch)
-        return out.loss, out.logits.argmax(-1), batch["labels"]
+        """Cross-entropy over the scored sub-tokens, computed here so method-specific terms stay out of it."""
+        import torch.nn.functional as F
+
+        labels = batch["labels"]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        logits = real_positions(logits, labels.shape[1])
+        loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE)
+        return loss, logits.argmax(-1), labels
 
     def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         """Token accuracy and per-tag scores over words; entity P/R/F1 (seqeval) for IOB2/IOBES tags."""
@@ -184,7 +191,8 @@ class Tagging:
                 chunk = words[s:s + batch_size]
                 enc = tokenizer(chunk, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length,
                                 padding=True, return_tensors="pt")
-                probs = model(**enc.to(model.device)).logits.float().softmax(-1).cpu()
+                logits = real_positions(model(**enc.to(model.device)).logits, enc["input_ids"].shape[1])
+                probs = logits.float().softmax(-1).cpu()
                 for j, sent in enumerate(chunk):
                     first = {}
                     for pos, w in enumerate(enc.word_ids(j)):

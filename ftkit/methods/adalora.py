@@ -1,0 +1,75 @@
+"""AdaLoRA: LoRA whose rank budget is re-allocated during training, from init_r towards target_r per layer.
+
+The budget schedule needs the run's total step count: ranks are kept during the first ``tinit`` steps, pruned
+every ``deltaT`` steps until ``total - tfinal``, then frozen. ``update_and_allocate(step)`` must run after every
+optimizer step (before the gradients are zeroed) — without it AdaLoRA silently behaves like plain LoRA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftkit.errors import UsageError
+from ftkit.methods import METHODS
+from ftkit.methods.lora import check_lora_params, targets, wrap
+
+
+@dataclass
+class AdaLoraParams:
+    init_r: int = field(default=12, metadata={"help": "Starting rank of every adapted layer."})
+    r: int = field(default=8, metadata={"help": "Average target rank after budget allocation (target_r)."})
+    alpha: float = field(default=16.0, metadata={"help": "Scaling numerator, as in LoRA."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout on the adapter's input."})
+    target_modules: list[str] | None = field(default=None, metadata={"help": "As in LoRA."})
+    tinit: int | None = field(default=None, metadata={"help": "Warm-up steps before pruning; default 10% of "
+                                                              "the run's steps."})
+    tfinal: int | None = field(default=None, metadata={"help": "Final steps with the budget frozen; default 20% "
+                                                               "of the run's steps."})
+    delta_t: int | None = field(default=None, metadata={"help": "Steps between two budget allocations; default "
+                                                                "1/20 of the pruning phase (at least 1)."})
+    orth_reg_weight: float = field(default=0.5, metadata={"help": "Weight of the orthogonality regulariser."})
+
+
+def schedule(params: dict, total: int) -> tuple[int, int, int]:
+    """(tinit, tfinal, deltaT) for a run of ``total`` steps; UsageError when no pruning phase fits."""
+    tinit = params["tinit"] if params["tinit"] is not None else total // 10
+    tfinal = params["tfinal"] if params["tfinal"] is not None else total // 5
+    if tinit + tfinal >= total:
+        raise UsageError(f"adalora: the budget phase does not fit: tinit ({tinit}) + tfinal ({tfinal}) must be "
+                         f"below the run's {total} optimizer steps; train longer or lower method.tinit/tfinal")
+    delta = params["delta_t"] if params["delta_t"] is not None else max(1, (total - tinit - tfinal) // 20)
+    return tinit, tfinal, delta
+
+
+@METHODS.register("adalora")
+class AdaLora:
+    name = "adalora"
+    params = AdaLoraParams
+    mergeable = True
+    default_lr = 1e-3
+    description = "LoRA with adaptive rank allocation (peft AdaLoRA)"
+
+    def validate(self, cfg) -> None:
+        p = cfg.method
+        check_lora_params(p)
+        if p["init_r"] < p["r"]:
+            raise UsageError(f"config key 'method.init_r': got {p['init_r']}, expected >= method.r ({p['r']})")
+
+    def apply(self, model, params: dict, ctx):
+        from peft import AdaLoraConfig
+
+        tinit, tfinal, delta = schedule(params, ctx.total_steps)
+        config = AdaLoraConfig(init_r=params["init_r"], target_r=params["r"], lora_alpha=params["alpha"],
+                               lora_dropout=params["dropout"], target_modules=targets(params),
+                               modules_to_save=ctx.head or None, task_type=ctx.peft_task_type,
+                               total_step=ctx.total_steps, tinit=tinit, tfinal=tfinal, deltaT=delta,
+                               orth_reg_weight=params["orth_reg_weight"])
+        return wrap(model, config, params)
+
+    def prepare_loaded(self, model) -> None:
+        """A reloaded AdaLoRA model lacks the attribute its forward reads when a loss is computed (peft sets it
+        only when building a trainable model); without it `ftkit eval` on the run fails."""
+        model.base_model.trainable_adapter_name = model.active_adapter
+
+    def step_hook(self, model):
+        """Called by the loop after each optimizer step, before gradients are zeroed."""
+        return model.base_model.update_and_allocate

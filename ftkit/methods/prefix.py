@@ -1,0 +1,40 @@
+"""Prefix tuning: learned key/value prefixes in every attention layer. Adds virtual tokens, so it cannot be merged
+into the weights (export with --adapter-only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftkit.errors import UsageError
+from ftkit.methods import METHODS
+from ftkit.methods.lora import wrap
+
+
+@dataclass
+class PrefixParams:
+    num_virtual_tokens: int = field(default=20, metadata={"help": "Length of the learned prefix."})
+    projection: bool = field(default=False, metadata={
+        "help": "Reparameterise the prefix through a two-layer MLP (more stable, more parameters while training)."})
+
+
+@METHODS.register("prefix")
+class Prefix:
+    name = "prefix"
+    params = PrefixParams
+    mergeable = False
+    default_lr = 1e-2
+    description = "learned attention prefixes (peft prefix tuning); not mergeable"
+
+    def validate(self, cfg) -> None:
+        if cfg.method["num_virtual_tokens"] < 1:
+            raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
+                             "expected an integer >= 1")
+
+    def apply(self, model, params: dict, ctx):
+        from peft import PrefixTuningConfig
+
+        config = PrefixTuningConfig(num_virtual_tokens=params["num_virtual_tokens"],
+                                    prefix_projection=params["projection"],
+                                    encoder_hidden_size=model.config.hidden_size,
+                                    modules_to_save=ctx.head or None, task_type=ctx.peft_task_type)
+        return wrap(model, config, params)

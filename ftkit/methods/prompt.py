@@ -1,0 +1,45 @@
+"""Prompt tuning: learned input embeddings (soft prompt) prepended to every input. Not mergeable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftkit.errors import UsageError
+from ftkit.methods import METHODS
+from ftkit.methods.lora import wrap
+
+
+@dataclass
+class PromptParams:
+    num_virtual_tokens: int = field(default=20, metadata={"help": "Length of the soft prompt."})
+    init_text: str | None = field(default=None, metadata={
+        "help": "Initialise the soft prompt from this text's token embeddings (random when null)."})
+
+
+@METHODS.register("prompt")
+class Prompt:
+    name = "prompt"
+    params = PromptParams
+    mergeable = False
+    default_lr = 3e-2
+    description = "a learned soft prompt (peft prompt tuning); not mergeable"
+
+    def validate(self, cfg) -> None:
+        if cfg.task_name == "tag":
+            # peft's token-classification model prepends the virtual tokens to the logits but not to the labels,
+            # so its loss fails on every batch
+            raise UsageError("method 'prompt' does not support task 'tag' (peft's token-classification loss does "
+                             "not account for the virtual tokens); use prefix, lora or ia3")
+        if cfg.method["num_virtual_tokens"] < 1:
+            raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
+                             "expected an integer >= 1")
+
+    def apply(self, model, params: dict, ctx):
+        from peft import PromptTuningConfig, PromptTuningInit
+
+        text = params["init_text"]
+        config = PromptTuningConfig(num_virtual_tokens=params["num_virtual_tokens"],
+                                    prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+                                    prompt_tuning_init_text=text, tokenizer_name_or_path=ctx.base_path if text else None,
+                                    modules_to_save=ctx.head or None, task_type=ctx.peft_task_type)
+        return wrap(model, config, params)

@@ -1,0 +1,66 @@
+"""Every task x every method on tiny models: each supported cell trains, saves, reloads and predicts; each
+unsupported cell is refused up front (exit 2, before any model is loaded) with the reason and what to use."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli, train_args
+from ftkit import config
+from ftkit.errors import UsageError
+from ftkit.methods import METHODS
+from ftkit.tasks import TASKS
+
+CELLS = [(t, m) for t in TASKS.names() for m in METHODS.names()]
+
+
+def refusal(task: str, method: str) -> str | None:
+    """Why a cell is unsupported (the method's own up-front check), or None."""
+    try:
+        config.build({"task": task, "method": method})
+    except UsageError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture
+def data_for(tiny_model, tiny_causal, sentiment, ner, copy_data):
+    return {"cls": (tiny_model, sentiment, "the film was superb"),
+            "tag": (tiny_model, ner, "mary was in london"),
+            "gen": (tiny_causal, copy_data, "what word : the plot was dull")}
+
+
+@pytest.mark.parametrize("task, method", CELLS)
+def test_cell(task, method, data_for, tmp_path):
+    model, data, text = data_for[task]
+    out = tmp_path / "run"
+    result = run_cli(*train_args(model, data, out, "--task", task, "--method", method, "--max-steps", "12",
+                                 "--lr", "1e-2", "--set", "train.log_every=1", "--set", "train.warmup_ratio=0"))
+    reason = refusal(task, method)
+    if reason:
+        assert result.exit_code == 2 and reason in result.output
+        assert not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "train"]
+    assert min(losses[-4:]) < losses[0], losses
+    extra = ["--max-new-tokens", "2"] if task == "gen" else []
+    result = run_cli("predict", out, "--text", text, "--output", tmp_path / "p.jsonl", *extra)
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 1
+
+
+def test_matrix_has_refusals_that_say_what_to_use():
+    assert refusal("gen", "head") and "use lora or full" in refusal("gen", "head")
+
+
+def test_readme_support_table_is_current():
+    from pathlib import Path
+
+    from ftkit import support
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert support.block() in readme, "README support table is stale: run `python -m ftkit.support --write`"

@@ -1,0 +1,72 @@
+"""Method-specific behaviour beyond the task x method matrix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli, train_args
+from ftkit import config
+from ftkit.errors import UsageError
+from ftkit.methods import METHODS
+from ftkit.methods.adalora import schedule
+
+
+def _adalora_run(tiny_model, sentiment, out):
+    return run_cli(*train_args(tiny_model, sentiment, out, "--method", "adalora", "--max-steps", "40",
+                               "--set", "method.tinit=4", "--set", "method.tfinal=8", "--set", "method.delta_t=2"))
+
+
+def test_adalora_reallocates_ranks(tiny_model, sentiment, tmp_path):
+    result = _adalora_run(tiny_model, sentiment, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    pattern = json.loads((tmp_path / "run" / "adapter_config.json").read_text())["rank_pattern"]
+    assert pattern, "no rank pattern: update_and_allocate never ran"
+    kept = [sum(mask) for mask in pattern.values()]
+    assert len(kept) == 4 and all(len(mask) == 12 for mask in pattern.values())  # init_r=12 per module
+    # pruned from init_r=12 towards the budget of r=8 on average (peft's threshold keeps ties, so about 32)
+    assert 4 * 8 <= sum(kept) < 4 * 12
+
+
+def test_adalora_without_the_step_hook_is_plain_lora(tiny_model, sentiment, tmp_path, monkeypatch):
+    """The assertion above fails when the loop does not call update_and_allocate: that is what it guards."""
+    monkeypatch.delattr(type(METHODS.get("adalora")), "step_hook")
+    result = _adalora_run(tiny_model, sentiment, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert not json.loads((tmp_path / "run" / "adapter_config.json").read_text())["rank_pattern"]
+
+
+def test_adalora_schedule_defaults_and_errors():
+    params = config.build({"method": "adalora"}).method
+    assert schedule(params, 100) == (10, 20, 3)
+    with pytest.raises(UsageError, match=r"tinit \(5\) \+ tfinal \(5\) must be below the run's 10 optimizer steps"):
+        schedule({**params, "tinit": 5, "tfinal": 5}, 10)
+    with pytest.raises(UsageError, match="method.init_r"):
+        config.build({"method": {"name": "adalora", "init_r": 4, "r": 8}})
+
+
+def test_adalora_budget_that_cannot_fit_is_a_usage_error(tiny_model, sentiment, tmp_path):
+    result = run_cli(*train_args(tiny_model, sentiment, tmp_path / "run", "--method", "adalora", "--max-steps", "3",
+                                 "--set", "method.tinit=2", "--set", "method.tfinal=2"))
+    assert result.exit_code == 2 and "the budget phase does not fit" in result.output
+
+
+def test_prompt_tuning_from_text(tiny_model, sentiment, tmp_path):
+    """The soft prompt starts as the embeddings of the given text's tokens."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--method", "prompt", "--max-steps", "1", "--lr",
+                                 "1e-12", "--set", "method.num_virtual_tokens=3",
+                                 "--set", "method.init_text='good bad nice'"))
+    assert result.exit_code == 0, result.output
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    model = PeftModel.from_pretrained(base, out)
+    prompt = model.get_prompt_embedding_to_save("default")
+    # peft tokenizes the text with the tokenizer's special tokens and keeps the first num_virtual_tokens ids
+    ids = AutoTokenizer.from_pretrained(tiny_model)("good bad nice")["input_ids"][:3]
+    expected = base.get_input_embeddings().weight[torch.tensor(ids)]
+    assert torch.allclose(prompt, expected, atol=1e-5)
