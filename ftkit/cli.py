@@ -77,6 +77,8 @@ def train(
     eval_data: Annotated[Optional[str], typer.Option(help="Evaluation data (default: a seeded held-out "
                                                           "split of --data).")] = None,
     output: Annotated[Optional[str], typer.Option(help="Run directory to write.")] = None,
+    quant: Annotated[Optional[str], typer.Option(help="none, 8bit or 4bit (bitsandbytes; 4bit trains on CUDA "
+                                                      "only).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the training data.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default depends on the "
@@ -96,7 +98,7 @@ def train(
         from ftkit import config, recipes
 
         flags = {"task": task, "method": method, "output": output,
-                 "model": {"name": model},
+                 "model": {"name": model, "quant": quant},
                  "data": {"train": data, "eval": eval_data, "max_length": max_length},
                  "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
                            "grad_accum": grad_accum, "seed": seed, "precision": precision}}

@@ -27,6 +27,9 @@ def _f(default, help: str, **kw):
 class ModelConfig:
     name: str = _f("minilm", "A built-in model name (see `ftkit info --help`) or a local Hugging Face checkpoint dir.")
     trust_remote_code: bool = _f(False, "Allow running code shipped with the checkpoint. Off unless you trust it.")
+    quant: str = _f("none", "Quantize the frozen base with bitsandbytes: none, 8bit (LLM.int8, CPU or CUDA) or 4bit "
+                            "(NF4 + double quantization, bf16 compute: QLoRA; training needs CUDA). Adapter methods "
+                            "only.")
 
 
 @dataclass
@@ -59,6 +62,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+QUANTS = ("none", "8bit", "4bit")
 
 
 @dataclass
@@ -291,6 +295,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "a number in [0, 1)")
     _check(t.max_grad_norm >= 0, "train.max_grad_norm", t.max_grad_norm, "a number >= 0")
     _check(t.precision in PRECISIONS, "train.precision", t.precision, " or ".join(PRECISIONS))
+    _check(cfg.model.quant in QUANTS, "model.quant", cfg.model.quant, " or ".join(QUANTS))
     _check(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every, "an integer > 0")
     _check(t.log_every > 0, "train.log_every", t.log_every, "an integer > 0")
     _check(t.patience >= 0, "train.patience", t.patience, "an integer >= 0")

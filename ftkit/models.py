@@ -49,12 +49,55 @@ def load_for_training(cfg, task, labels: list[str]):
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
                                               trust_remote_code=cfg.model.trust_remote_code)
+    quant = quantization(cfg.model.quant, task)
     model = task.model_class(model_config).from_pretrained(
         path, config=model_config, trust_remote_code=cfg.model.trust_remote_code,
         ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a fresh head
+        **({"quantization_config": quant} if quant else {}),
     )
     task.prepare_model(model, tokenizer)
+    if quant:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 norms/head, input grads for the adapters, and non-reentrant checkpointing (the reentrant kind
+        # drops the adapters' gradients under a frozen quantized base)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer, path
+
+
+def quantization(mode: str, task):
+    """A BitsAndBytesConfig for ``model.quant`` (None for none). The task head stays out of quantization: a new
+    int8 head cannot be trained."""
+    if mode == "none":
+        return None
+    import logging
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it logs on every forward otherwise
+    skip = list(task.head_names)
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+
+
+def check_quant_training(cfg) -> None:
+    """Refusals that depend on the machine, checked before any model is loaded."""
+    import importlib.util
+
+    if cfg.model.quant == "none":
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError(f"--quant {cfg.model.quant} needs bitsandbytes: pip install bitsandbytes")
+    if cfg.model.quant == "4bit":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--quant 4bit: training needs a CUDA GPU (on CPU, bitsandbytes silently drops the "
+                             "adapters' gradients after an evaluation pass); use --quant 8bit on CPU")
 
 
 @dataclass
@@ -67,7 +110,10 @@ class Loaded:
 
 
 def load_trained(name: str, task_name: str | None = None) -> Loaded:
-    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline)."""
+    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline).
+
+    The base of an adapter run is always reloaded in full precision, also when it was trained quantized: export
+    must merge into full-precision weights, and bitsandbytes 0.50 cannot run a reloaded 8-bit layer on CPU."""
     from ftkit import config as config_mod
     from ftkit.methods import METHODS
     from ftkit.tasks import TASKS

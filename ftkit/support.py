@@ -18,19 +18,22 @@ def table() -> str:
     from ftkit.tasks import TASKS
 
     tasks = TASKS.names()
-    lines = ["| method | " + " | ".join(f"`{t}`" for t in tasks) + " | `export --merge` |",
-             "|---" * (len(tasks) + 2) + "|"]
+    lines = ["| method | " + " | ".join(f"`{t}`" for t in tasks) + " | `--quant 8bit` / `4bit` | `export --merge` |",
+             "|---" * (len(tasks) + 3) + "|"]
     for m in METHODS.names():
-        cells = []
-        for t in tasks:
-            try:
-                config.build({"task": t, "method": m})
-                cells.append("yes")
-            except UsageError as e:
-                cells.append(f"no: {e}")
-        merge = "yes" if METHODS.get(m).mergeable else "no (use --adapter-only)"
-        lines.append(f"| `{m}` | " + " | ".join(cells) + f" | {merge} |")
+        cells = [_verdict({"task": t, "method": m}) for t in tasks]
+        cells.append(_verdict({"task": tasks[0], "method": m, "model": {"quant": "8bit"}}))
+        cells.append("yes" if METHODS.get(m).mergeable else "no (use --adapter-only)")
+        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _verdict(raw: dict) -> str:
+    try:
+        config.build(raw)
+        return "yes"
+    except UsageError as e:
+        return f"no: {e}"
 
 
 def block() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -79,9 +80,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
 
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
-    from ftkit.models import load_for_training, quiet_libraries
+    from ftkit.models import check_quant_training, load_for_training, quiet_libraries
     from ftkit.report import Reporter, model_card
 
+    check_quant_training(cfg)
     quiet_libraries()
     accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.train.precision, cfg.train.precision),
                               gradient_accumulation_steps=cfg.train.grad_accum)
@@ -138,7 +140,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
             os.replace(f, run_dir / f.name)
         shutil.rmtree(run_dir / "checkpoints")
         base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-        base.config.save_pretrained(run_dir)  # label maps in config.json, for adapter runs too
+        saved = copy.deepcopy(base.config)  # label maps in config.json, for adapter runs too
+        if hasattr(saved, "quantization_config"):
+            del saved.quantization_config  # the run's base is reloaded in full precision (models.load_trained)
+        saved.save_pretrained(run_dir)
         tokenizer.save_pretrained(run_dir)
         adapter = (run_dir / "adapter_config.json").is_file()
         (run_dir / "README.md").write_text(model_card(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import run_cli, train_args
 from ftkit import config
@@ -13,15 +14,18 @@ from ftkit.errors import UsageError
 from ftkit.methods import METHODS
 from ftkit.tasks import TASKS
 
-CELLS = [(t, m) for t in TASKS.names() for m in METHODS.names()]
+QUANTS = ("none", "8bit", "4bit")
+CELLS = [(t, m, q) for t in TASKS.names() for m in METHODS.names() for q in QUANTS]
 
 
-def refusal(task: str, method: str) -> str | None:
-    """Why a cell is unsupported (the method's own up-front check), or None."""
+def refusal(task: str, method: str, quant: str = "none") -> str | None:
+    """Why a cell is unsupported (the methods' own up-front checks, then the machine's), or None."""
     try:
-        config.build({"task": task, "method": method})
+        config.build({"task": task, "method": method, "model": {"quant": quant}})
     except UsageError as e:
         return str(e)
+    if quant == "4bit" and not torch.cuda.is_available():
+        return "--quant 4bit: training needs a CUDA GPU"
     return None
 
 
@@ -32,13 +36,14 @@ def data_for(tiny_model, tiny_causal, sentiment, ner, copy_data):
             "gen": (tiny_causal, copy_data, "what word : the plot was dull")}
 
 
-@pytest.mark.parametrize("task, method", CELLS)
-def test_cell(task, method, data_for, tmp_path):
+@pytest.mark.parametrize("task, method, quant", CELLS)
+def test_cell(task, method, quant, data_for, tmp_path):
     model, data, text = data_for[task]
     out = tmp_path / "run"
-    result = run_cli(*train_args(model, data, out, "--task", task, "--method", method, "--max-steps", "12",
-                                 "--lr", "1e-2", "--set", "train.log_every=1", "--set", "train.warmup_ratio=0"))
-    reason = refusal(task, method)
+    result = run_cli(*train_args(model, data, out, "--task", task, "--method", method, "--quant", quant,
+                                 "--max-steps", "12", "--lr", "1e-2", "--set", "train.log_every=1",
+                                 "--set", "train.warmup_ratio=0"))
+    reason = refusal(task, method, quant)
     if reason:
         assert result.exit_code == 2 and reason in result.output
         assert not out.exists()
@@ -54,7 +59,9 @@ def test_cell(task, method, data_for, tmp_path):
 
 
 def test_matrix_has_refusals_that_say_what_to_use():
-    assert refusal("gen", "head") and "use lora or full" in refusal("gen", "head")
+    assert "use lora or full" in refusal("gen", "head")
+    assert "use an adapter method such as lora" in refusal("cls", "full", "8bit")
+    assert "prefix tuning does not support; use lora or prompt" in refusal("cls", "prefix", "8bit")
 
 
 def test_readme_support_table_is_current():

@@ -70,3 +70,42 @@ def test_prompt_tuning_from_text(tiny_model, sentiment, tmp_path):
     ids = AutoTokenizer.from_pretrained(tiny_model)("good bad nice")["input_ids"][:3]
     expected = base.get_input_embeddings().weight[torch.tensor(ids)]
     assert torch.allclose(prompt, expected, atol=1e-5)
+
+
+def test_8bit_lora_trains_on_an_int8_base_and_merges_into_full_precision(tiny_model, sentiment, tmp_path):
+    import torch
+    from bitsandbytes.nn import Linear8bitLt
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ftkit.models import load_for_training, load_trained
+    from ftkit.tasks import TASKS
+
+    cfg = config.build({"model": {"name": str(tiny_model), "quant": "8bit"}})
+    model, _, _ = load_for_training(cfg, TASKS.get("cls"), ["negative", "positive"])
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert isinstance(query, Linear8bitLt) and query.weight.dtype == torch.int8
+    assert not isinstance(model.classifier, Linear8bitLt)  # the head stays out of quantization
+
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--quant", "8bit", "--epochs", "3", "--lr", "2e-2"))
+    assert result.exit_code == 0, result.output
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert run_cli("export", out, "--output", tmp_path / "merged").exit_code == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert merged.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.float32
+    batch = AutoTokenizer.from_pretrained(tiny_model)(["the film was superb", "a dull plot"], padding=True,
+                                                      return_tensors="pt")
+    with torch.no_grad():  # merged into a full-precision reload: equal to the adapter on that reload
+        diff = (merged(**batch).logits - load_trained(str(out)).model(**batch).logits).abs().max().item()
+    assert diff <= 1e-4
+
+
+def test_4bit_training_is_refused_on_cpu_before_loading(tiny_model, sentiment, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("4-bit training is allowed on CUDA")
+    result = run_cli(*train_args(tiny_model, sentiment, tmp_path / "run", "--quant", "4bit"))
+    assert result.exit_code == 2
+    assert "--quant 4bit: training needs a CUDA GPU" in result.output and "use --quant 8bit on CPU" in result.output
+    assert not (tmp_path / "run").exists()

@@ -1,8 +1,9 @@
 """DoRA: LoRA with weight decomposition (a learned magnitude per output, LoRA on the direction). Same parameters
 as LoRA; merges the same way; a little slower per step."""
 
+from ftkit.errors import UsageError
 from ftkit.methods import METHODS
-from ftkit.methods.lora import Lora
+from ftkit.methods.lora import Lora, check_lora_params
 
 
 @METHODS.register("dora")
@@ -10,3 +11,10 @@ class Dora(Lora):
     name = "dora"
     description = "weight-decomposed LoRA (peft use_dora)"
     use_dora = True
+
+    def validate(self, cfg) -> None:
+        check_lora_params(cfg.method)
+        if cfg.model.quant != "none":
+            # peft's DoRA layer for bitsandbytes fails in the forward pass here (bitsandbytes 0.50, CPU)
+            raise UsageError("method 'dora' cannot train on a quantized base here (peft's DoRA bitsandbytes layer "
+                             "fails); use lora with --quant, or dora with --quant none")

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from ftkit.errors import UsageError
 from ftkit.methods import METHODS
 
 
@@ -19,6 +20,9 @@ class Full:
     description = "train every weight"
 
     def validate(self, cfg) -> None:
+        if cfg.model.quant != "none":
+            raise UsageError(f"method {self.name!r} cannot train a {cfg.model.quant} quantized base (its weights "
+                             "are frozen integers); use an adapter method such as lora, or --quant none")
         pass
 
     def apply(self, model, params: dict, ctx):

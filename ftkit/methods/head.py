@@ -20,6 +20,9 @@ class Head:
     description = "freeze the backbone, train the task head"
 
     def validate(self, cfg) -> None:
+        if cfg.model.quant != "none":
+            raise UsageError(f"method {self.name!r} cannot train a {cfg.model.quant} quantized base (its weights "
+                             "are frozen integers); use an adapter method such as lora, or --quant none")
         from ftkit.tasks import TASKS
 
         if not TASKS.get(cfg.task_name).labelled:

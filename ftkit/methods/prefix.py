@@ -26,6 +26,9 @@ class Prefix:
     description = "learned attention prefixes (peft prefix tuning); not mergeable"
 
     def validate(self, cfg) -> None:
+        if cfg.model.quant != "none":
+            raise UsageError("method 'prefix' cannot train on a quantized base: k-bit training uses gradient "
+                             "checkpointing, which prefix tuning does not support; use lora or prompt")
         if cfg.method["num_virtual_tokens"] < 1:
             raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
                              "expected an integer >= 1")

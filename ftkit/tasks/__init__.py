@@ -22,6 +22,7 @@ class Task(Protocol):
     maximize: bool  # whether a higher main metric is better
     labelled: bool  # has a label set stored as id2label/label2id in config.json
     streams: bool  # `predict --text` streams its output
+    head_names: tuple[str, ...]  # module names of the task head, kept out of k-bit quantization
 
     # data, before any model is loaded
     def check(self, table, cfg) -> None: ...

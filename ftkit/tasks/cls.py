@@ -25,6 +25,7 @@ class Classification:
     architectures = ("ForSequenceClassification",)  # checkpoints this task loads (for `eval MODEL`)
     maximize = True
     streams = False
+    head_names = ("classifier", "score")  # kept out of quantization
     labelled = True  # a label set, stored as id2label/label2id in config.json  # the main metric is better when higher
     description = "sequence classification (single sentence or sentence pair)"
 

@@ -45,6 +45,7 @@ class Generation:
     architectures = ("ForCausalLM", "ForConditionalGeneration", "EncoderDecoderModel")
     maximize = False  # perplexity: lower is better
     streams = True  # `predict --text` prints tokens as they are generated
+    head_names = ("lm_head",)  # kept out of quantization
     labelled = False
     description = "text generation: prompt/response pairs, chat messages or plain text; causal or seq2seq"
 

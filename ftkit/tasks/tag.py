@@ -46,6 +46,7 @@ class Tagging:
     architectures = ("ForTokenClassification",)
     maximize = True
     streams = False
+    head_names = ("classifier", "score")  # kept out of quantization
     labelled = True  # a label set, stored as id2label/label2id in config.json
     description = "token tagging (NER, POS): one tag per word"
 
