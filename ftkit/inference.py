@@ -28,6 +28,7 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     cfg = settings(loaded, sets)
     task = loaded.task
     table = read_table(data)
+    task.check(table, cfg)
     labels = model_labels(loaded.model) if task.labelled else []
     targets = task.targets(table, cfg, labels)
     enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
@@ -50,5 +51,4 @@ def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batc
         table = loaded.task.text_input(text, cfg)
     else:
         table = read_table(file)
-    task = loaded.task
-    return task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size, stream=stream)
+    return loaded.task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size, stream=stream)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 
@@ -15,7 +15,6 @@ class LoopResult:
     best: dict | None  # eval metrics of the best evaluation (by the task's main metric)
     stopped_early: bool
     train_seconds: float
-    history: list[dict] = field(default_factory=list)
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -158,7 +157,8 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
                 metrics = evaluate(model, eval_loader, task, labels, cfg, accelerator)
                 last_log += time.perf_counter() - eval_start  # keep eval time out of the training throughput
                 reporter.eval(step, metrics)
-                if best is None or (metrics[main_metric] > best[main_metric]) == task.maximize:
+                new, old = metrics[main_metric], best[main_metric] if best else None
+                if best is None or (new > old if task.maximize else new < old):
                     best, bad_evals = {"step": step, **metrics}, 0
                     save_best(accelerator.unwrap_model(model))
                 else:

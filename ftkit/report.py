@@ -14,11 +14,9 @@ class Reporter:
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
-        self.history: list[dict] = []
         self._progress = None
 
     def _write(self, record: dict) -> None:
-        self.history.append(record)
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
