@@ -88,3 +88,37 @@ def confusion_metrics(preds, refs, labels: list[str]) -> dict:
                              "support": int(cm[i].sum())} for i, name in enumerate(labels)},
         "confusion_matrix": {"labels": labels, "matrix": cm.tolist()},
     }
+
+
+class LabelledTask:
+    """What the classification-style tasks (cls, tag) share: a new head over a pretrained backbone, sized by the
+    label set, whose label maps go into config.json. A subclass names its transformers auto class and peft task
+    type."""
+
+    auto_class: str  # e.g. "AutoModelForSequenceClassification"
+    peft_type: str  # e.g. "SEQ_CLS"
+    columns: dict[str, str]
+    maximize = True  # accuracy / F1: higher is better
+    streams = False
+    labelled = True
+    head_names = ("classifier", "score")  # kept out of quantization
+
+    def _col(self, cfg, role: str) -> str:
+        return cfg.data.columns.get(role, self.columns[role])
+
+    def model_class(self, model_config):
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def peft_task_type(self, model_config) -> str:
+        return self.peft_type
+
+    def prepare_model(self, model, tokenizer) -> None:
+        pass
+
+    def config_overrides(self, labels: list[str]) -> dict:
+        return label_config(labels)
+
+    def head_modules(self, model) -> list[str]:
+        return head_modules(model)

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from ftkit.data import Table, to_features
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (confusion_metrics, head_modules, label_config, label_name, pad_collate,
-                                 sort_labels)
+from ftkit.tasks._common import LabelledTask, confusion_metrics, label_name, pad_collate, sort_labels
 
 
 @dataclass
@@ -17,22 +16,17 @@ class ClsParams:
 
 
 @TASKS.register("cls")
-class Classification:
+class Classification(LabelledTask):
     name = "cls"
     params = ClsParams
     columns = {"text": "text", "text_pair": "text_pair", "label": "label"}  # role -> default column
     optional = {"text_pair"}
     architectures = ("ForSequenceClassification",)  # checkpoints this task loads (for `eval MODEL`)
-    maximize = True
-    streams = False
-    head_names = ("classifier", "score")  # kept out of quantization
-    labelled = True  # a label set, stored as id2label/label2id in config.json  # the main metric is better when higher
+    auto_class = "AutoModelForSequenceClassification"
+    peft_type = "SEQ_CLS"
     description = "sequence classification (single sentence or sentence pair)"
 
     # ------------------------------------------------------------------ data
-    def _col(self, cfg, role: str) -> str:
-        return cfg.data.columns.get(role, self.columns[role])
-
     def label_space(self, table: Table, cfg) -> list[str]:
         col = table.column(self._col(cfg, "label"), "label")
         labels = sort_labels({label_name(v, table, i) for i, v in enumerate(col)})
@@ -84,23 +78,6 @@ class Classification:
         return pad_collate(tokenizer.pad_token_id)
 
     # ------------------------------------------------------------------ model
-    def model_class(self, model_config):
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
-
-    def peft_task_type(self, model_config) -> str:
-        return "SEQ_CLS"
-
-    def prepare_model(self, model, tokenizer) -> None:
-        pass
-
-    def config_overrides(self, labels: list[str]) -> dict:
-        return label_config(labels)
-
-    def head_modules(self, model) -> list[str]:
-        return head_modules(model)
-
     # ------------------------------------------------------------------ evaluation
     def eval_batch(self, model, batch):
         """-> (mean loss over the batch, predictions, references), all tensors on the batch's device. The loss is

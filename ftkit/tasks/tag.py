@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from ftkit.data import Table
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (confusion_metrics, head_modules, label_config, pad_collate, real_positions,
-                                 sort_labels)
+from ftkit.tasks._common import LabelledTask, confusion_metrics, pad_collate, real_positions, sort_labels
 
 IGNORE = -100
 SCHEMES = ("auto", "iob2", "iobes", "none")
@@ -38,20 +37,15 @@ def detect_scheme(labels: list[str]) -> str:
 
 
 @TASKS.register("tag")
-class Tagging:
+class Tagging(LabelledTask):
     name = "tag"
     params = TagParams
     columns = {"tokens": "tokens", "tags": "tags"}
     optional: set = set()
     architectures = ("ForTokenClassification",)
-    maximize = True
-    streams = False
-    head_names = ("classifier", "score")  # kept out of quantization
-    labelled = True  # a label set, stored as id2label/label2id in config.json
+    auto_class = "AutoModelForTokenClassification"
+    peft_type = "TOKEN_CLS"
     description = "token tagging (NER, POS): one tag per word"
-
-    def _col(self, cfg, role: str) -> str:
-        return cfg.data.columns.get(role, self.columns[role])
 
     def scheme(self, labels: list[str], cfg) -> str:
         chosen = cfg.task["scheme"]
@@ -123,23 +117,6 @@ class Tagging:
         return pad_collate(tokenizer.pad_token_id, label_pad=IGNORE)
 
     # ------------------------------------------------------------------ model
-    def model_class(self, model_config):
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification
-
-    def peft_task_type(self, model_config) -> str:
-        return "TOKEN_CLS"
-
-    def prepare_model(self, model, tokenizer) -> None:
-        pass
-
-    def config_overrides(self, labels: list[str]) -> dict:
-        return label_config(labels)
-
-    def head_modules(self, model) -> list[str]:
-        return head_modules(model)
-
     # ------------------------------------------------------------------ evaluation
     def main_metric(self, labels: list[str], cfg) -> str:
         return "accuracy" if self.scheme(labels, cfg) == "none" else "entity_f1"
