@@ -109,3 +109,13 @@ def test_4bit_training_is_refused_on_cpu_before_loading(tiny_model, sentiment, t
     assert result.exit_code == 2
     assert "--quant 4bit: training needs a CUDA GPU" in result.output and "use --quant 8bit on CPU" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_all_linear_targets_more_layers(tiny_model):
+    default = json.loads(run_cli("info", tiny_model, "--method", "lora", "--json").stdout)
+    result = run_cli("info", tiny_model, "--method", "lora", "--json", "--set", "method.target_modules=all-linear")
+    assert result.exit_code == 0, result.output
+    # query/value only (2 x 512 per layer) vs every linear layer of the encoder and pooler
+    assert json.loads(result.stdout)["trainable_params"] > 2 * default["trainable_params"]
+    result = run_cli("info", tiny_model, "--method", "lora", "--set", "method.target_modules=nope")
+    assert result.exit_code == 2 and "method.target_modules" in result.output
