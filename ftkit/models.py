@@ -50,8 +50,10 @@ def load_for_training(cfg, task, labels: list[str]):
     model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
                                               trust_remote_code=cfg.model.trust_remote_code)
     quant = quantization(cfg.model.quant, task)
+    # The label maps go in as keyword overrides, not as config=: with an explicit config, transformers 5.23 leaves
+    # most bitsandbytes layers holding fp32 weights.
     model = task.model_class(model_config).from_pretrained(
-        path, config=model_config, trust_remote_code=cfg.model.trust_remote_code,
+        path, **task.config_overrides(labels), trust_remote_code=cfg.model.trust_remote_code,
         ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a fresh head
         **({"quantization_config": quant} if quant else {}),
     )
@@ -109,11 +111,9 @@ class Loaded:
     path: Path
 
 
-def load_trained(name: str, task_name: str | None = None) -> Loaded:
-    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline).
-
-    The base of an adapter run is always reloaded in full precision, also when it was trained quantized: export
-    must merge into full-precision weights, and bitsandbytes 0.50 cannot run a reloaded 8-bit layer on CPU."""
+def load_trained(name: str, task_name: str | None = None, full_precision: bool = False) -> Loaded:
+    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline). The base of a run trained
+    quantized is reloaded quantized the same way, unless ``full_precision`` (export merges into that)."""
     from ftkit import config as config_mod
     from ftkit.methods import METHODS
     from ftkit.tasks import TASKS
@@ -137,7 +137,13 @@ def load_trained(name: str, task_name: str | None = None) -> Loaded:
         from peft import PeftConfig, PeftModel
 
         base = PeftConfig.from_pretrained(path).base_model_name_or_path
-        model = task.model_class(model_config).from_pretrained(base, config=model_config, trust_remote_code=trust)
+        quant = None if full_precision or cfg is None else quantization(cfg.model.quant, task)
+        if quant:  # label maps as overrides, not config= (see load_for_training)
+            labels = [model_config.id2label[i] for i in range(len(model_config.id2label))] if task.labelled else []
+            model = task.model_class(model_config).from_pretrained(
+                base, **task.config_overrides(labels), quantization_config=quant, trust_remote_code=trust)
+        else:
+            model = task.model_class(model_config).from_pretrained(base, config=model_config, trust_remote_code=trust)
         model = PeftModel.from_pretrained(model, path)
         if cfg is not None and hasattr(METHODS.get(cfg.method_name), "prepare_loaded"):
             METHODS.get(cfg.method_name).prepare_loaded(model)

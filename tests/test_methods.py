@@ -81,9 +81,12 @@ def test_8bit_lora_trains_on_an_int8_base_and_merges_into_full_precision(tiny_mo
     from ftkit.tasks import TASKS
 
     cfg = config.build({"model": {"name": str(tiny_model), "quant": "8bit"}})
+    def int8_layers(model) -> tuple[int, int]:
+        layers = [m for m in model.modules() if isinstance(m, Linear8bitLt)]
+        return len(layers), sum(m.weight.dtype == torch.int8 for m in layers)
+
     model, _, _ = load_for_training(cfg, TASKS.get("cls"), ["negative", "positive"])
-    query = model.bert.encoder.layer[0].attention.self.query
-    assert isinstance(query, Linear8bitLt) and query.weight.dtype == torch.int8
+    assert int8_layers(model) == (13, 13)  # 6 linear layers x 2 blocks + the pooler, all really int8
     assert not isinstance(model.classifier, Linear8bitLt)  # the head stays out of quantization
 
     out = tmp_path / "run"
@@ -96,8 +99,15 @@ def test_8bit_lora_trains_on_an_int8_base_and_merges_into_full_precision(tiny_mo
     batch = AutoTokenizer.from_pretrained(tiny_model)(["the film was superb", "a dull plot"], padding=True,
                                                       return_tensors="pt")
     with torch.no_grad():  # merged into a full-precision reload: equal to the adapter on that reload
-        diff = (merged(**batch).logits - load_trained(str(out)).model(**batch).logits).abs().max().item()
-    assert diff <= 1e-4
+        diff = (merged(**batch).logits - load_trained(str(out), full_precision=True).model(**batch).logits)
+    assert diff.abs().max().item() <= 1e-4
+    # eval/predict run the adapter on the int8 base it was trained on; the merged fp32 model differs from it only
+    # by the int8 rounding of the base weights
+    quantized = load_trained(str(out)).model
+    assert int8_layers(quantized)[1] == 13
+    with torch.no_grad():
+        diff = (merged(**batch).logits - quantized(**batch).logits).abs().max().item()
+    assert diff <= 0.05, diff  # 0.021 measured here (2026-11-22)
 
 
 def test_4bit_training_is_refused_on_cpu_before_loading(tiny_model, sentiment, tmp_path):
