@@ -22,6 +22,8 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any c
                                                                   "(repeatable; highest precedence).")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls, tag, gen). Default: from the "
                                                                 "run or the model's architecture.")]
+QuantOpt = Annotated[Optional[str], typer.Option(help="Load the frozen weights as none, 8bit or 4bit for inference "
+                                                       "(4bit works on CPU too). Default: as the run was trained.")]
 MaxNew = Annotated[Optional[int], typer.Option(help="gen: tokens to generate (task.max_new_tokens).")]
 
 
@@ -138,6 +140,7 @@ def eval_(
     generate: Annotated[bool, typer.Option("--generate", help="gen: also generate a response per prompt and "
                                                               "score exact match and ROUGE-L.")] = False,
     max_new_tokens: MaxNew = None,
+    quant: QuantOpt = None,
     set_: Sets = None,
     debug: Debug = False,
 ):
@@ -149,7 +152,7 @@ def eval_(
         from ftkit.report import print_eval
 
         sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
-        metrics = evaluate(load_trained(run, task), data, sets, batch_size)
+        metrics = evaluate(load_trained(run, task, quant), data, sets, batch_size)
         print_eval(metrics)
         if output:
             _emit(metrics, output)
@@ -166,6 +169,7 @@ def predict(
     output: Annotated[Optional[Path], typer.Option(help="Write jsonl here (default: stdout).")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 32,
     max_new_tokens: MaxNew = None,
+    quant: QuantOpt = None,
     set_: Sets = None,
     debug: Debug = False,
 ):
@@ -178,7 +182,7 @@ def predict(
 
         if (text is None) == (file is None):
             raise UsageError("predict: give exactly one of --text or --file")
-        loaded = load_trained(run, task)
+        loaded = load_trained(run, task, quant)
         stream = loaded.task.streams and text is not None and output is None
         rows = run_predict(loaded, text=text, file=file, sets=(set_ or []) + _gen_sets(max_new_tokens),
                            batch_size=batch_size, stream=stream)

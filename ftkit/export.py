@@ -25,7 +25,7 @@ def export(run: str, output: str, adapter_only: bool = False) -> Path:
     from ftkit.models import load_trained
 
     out = check_output(output)
-    loaded = load_trained(run, full_precision=True)  # merge into a full-precision base, never into k-bit weights
+    loaded = load_trained(run, quant="none")  # merge into a full-precision base, never into k-bit weights
     is_adapter = (loaded.path / "adapter_config.json").is_file()
     if adapter_only and not is_adapter:
         raise UsageError(f"{run}: has no adapter (method {loaded.cfg.method_name if loaded.cfg else 'full'}); "

@@ -86,14 +86,20 @@ def quantization(mode: str, task):
                               bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
 
 
-def check_quant_training(cfg) -> None:
-    """Refusals that depend on the machine, checked before any model is loaded."""
+def check_quant_available(mode: str) -> None:
     import importlib.util
 
-    if cfg.model.quant == "none":
-        return
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise UsageError(f"--quant {cfg.model.quant} needs bitsandbytes: pip install bitsandbytes")
+    from ftkit.config import QUANTS
+
+    if mode not in QUANTS:
+        raise UsageError(f"--quant {mode}: expected one of {', '.join(QUANTS)}")
+    if mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError(f"--quant {mode} needs bitsandbytes: pip install bitsandbytes")
+
+
+def check_quant_training(cfg) -> None:
+    """Refusals that depend on the machine, checked before any model is loaded."""
+    check_quant_available(cfg.model.quant)
     if cfg.model.quant == "4bit":
         import torch
 
@@ -111,13 +117,16 @@ class Loaded:
     path: Path
 
 
-def load_trained(name: str, task_name: str | None = None, full_precision: bool = False) -> Loaded:
-    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline). The base of a run trained
-    quantized is reloaded quantized the same way, unless ``full_precision`` (export merges into that)."""
+def load_trained(name: str, task_name: str | None = None, quant: str | None = None) -> Loaded:
+    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline). ``quant`` (none, 8bit,
+    4bit) loads the frozen weights quantized for inference; by default a run's base is reloaded the way it was
+    trained and anything else in full precision (export merges with quant="none")."""
     from ftkit import config as config_mod
     from ftkit.methods import METHODS
     from ftkit.tasks import TASKS
 
+    if quant is not None:
+        check_quant_available(quant)
     path = catalog.resolve_model(name) if not Path(name).is_dir() else Path(name)
     cfg = None
     if (path / "ftkit.yaml").is_file():
@@ -133,26 +142,44 @@ def load_trained(name: str, task_name: str | None = None, full_precision: bool =
 
     trust = bool(cfg and cfg.model.trust_remote_code)
     model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftConfig, PeftModel
+    if quant is None:
+        quant = cfg.model.quant if cfg is not None and (path / "adapter_config.json").is_file() else "none"
+    adapter = (path / "adapter_config.json").is_file()
+    if adapter:
+        from peft import PeftConfig
 
-        base = PeftConfig.from_pretrained(path).base_model_name_or_path
-        quant = None if full_precision or cfg is None else quantization(cfg.model.quant, task)
-        if quant:  # label maps as overrides, not config= (see load_for_training)
-            labels = [model_config.id2label[i] for i in range(len(model_config.id2label))] if task.labelled else []
-            model = task.model_class(model_config).from_pretrained(
-                base, **task.config_overrides(labels), quantization_config=quant, trust_remote_code=trust)
-        else:
-            model = task.model_class(model_config).from_pretrained(base, config=model_config, trust_remote_code=trust)
+        weights = PeftConfig.from_pretrained(path).base_model_name_or_path
+    else:
+        weights = path
+    bnb = quantization(quant, task)
+    if bnb:  # label maps as overrides, not config= (see load_for_training)
+        labels = [model_config.id2label[i] for i in range(len(model_config.id2label))] if task.labelled else []
+        model = task.model_class(model_config).from_pretrained(
+            weights, **task.config_overrides(labels), quantization_config=bnb, trust_remote_code=trust)
+    else:
+        model = task.model_class(model_config).from_pretrained(weights, config=model_config, trust_remote_code=trust)
+    if quant == "4bit":
+        _avoid_packed_cpu_kernel(model)
+    if adapter:
+        from peft import PeftModel
+
         model = PeftModel.from_pretrained(model, path)
         if cfg is not None and hasattr(METHODS.get(cfg.method_name), "prepare_loaded"):
             METHODS.get(cfg.method_name).prepare_loaded(model)
-    else:
-        model = task.model_class(model_config).from_pretrained(path, config=model_config, trust_remote_code=trust)
     model.eval()
     tokenizer = load_tokenizer(path, trust)
     task.prepare_model(model, tokenizer)
     return Loaded(model, tokenizer, task, cfg, path)
+
+
+def _avoid_packed_cpu_kernel(model) -> None:
+    """bitsandbytes' packed 4-bit CPU kernel (used on AVX512-BF16 CPUs at inference) reshapes the absmax per row
+    and fails on layers whose input width is not a multiple of the block size; those keep the generic kernel."""
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and module.in_features % module.weight.blocksize:
+            module.support_avx512bf16_for_cpu = False
 
 
 def _task_from_architecture(path: Path) -> str:

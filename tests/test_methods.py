@@ -99,7 +99,7 @@ def test_8bit_lora_trains_on_an_int8_base_and_merges_into_full_precision(tiny_mo
     batch = AutoTokenizer.from_pretrained(tiny_model)(["the film was superb", "a dull plot"], padding=True,
                                                       return_tensors="pt")
     with torch.no_grad():  # merged into a full-precision reload: equal to the adapter on that reload
-        diff = (merged(**batch).logits - load_trained(str(out), full_precision=True).model(**batch).logits)
+        diff = (merged(**batch).logits - load_trained(str(out), quant="none").model(**batch).logits)
     assert diff.abs().max().item() <= 1e-4
     # eval/predict run the adapter on the int8 base it was trained on; the merged fp32 model differs from it only
     # by the int8 rounding of the base weights
@@ -129,3 +129,38 @@ def test_lora_all_linear_targets_more_layers(tiny_model):
     assert json.loads(result.stdout)["trainable_params"] > 2 * default["trainable_params"]
     result = run_cli("info", tiny_model, "--method", "lora", "--set", "method.target_modules=nope")
     assert result.exit_code == 2 and "method.target_modules" in result.output
+
+
+def test_4bit_inference_on_cpu_for_a_run_and_a_plain_checkpoint(tiny_model, sentiment, tmp_path):
+    import torch
+    from bitsandbytes.nn import Linear4bit
+
+    from ftkit.models import load_trained
+
+    out = tmp_path / "run"
+    assert run_cli(*train_args(tiny_model, sentiment, out, "--epochs", "8", "--lr", "2e-2")).exit_code == 0
+    loaded = load_trained(str(out), quant="4bit")
+    layers = [m for m in loaded.model.modules() if isinstance(m, Linear4bit)]
+    assert len(layers) == 13 and all(m.weight.dtype == torch.uint8 for m in layers)  # packed NF4
+
+    def metrics(*quant: str) -> dict:
+        result = run_cli("eval", out, "--data", sentiment["eval"], "--output", tmp_path / "m.json", *quant)
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / "m.json").read_text())
+
+    full, nf4 = metrics(), metrics("--quant", "4bit")
+    assert full["accuracy"] >= 0.7 and nf4["rows"] == 40
+    # NF4 rounding of a 32-wide random base: the loss moves by 0.4% here (accuracy by a few near-boundary rows)
+    assert nf4["loss"] != full["loss"] and abs(nf4["loss"] - full["loss"]) <= 0.05 * full["loss"], (full, nf4)
+    result = run_cli("predict", out, "--text", "the film was superb", "--quant", "4bit")
+    assert result.exit_code == 0 and json.loads(result.stdout)["label"] == "positive"
+    # a plain checkpoint (here the merged export) loads quantized as well
+    assert run_cli("export", out, "--output", tmp_path / "merged").exit_code == 0
+    result = run_cli("eval", tmp_path / "merged", "--data", sentiment["eval"], "--quant", "4bit")
+    assert result.exit_code == 0, result.output
+    assert "rows 40" in result.output
+
+
+def test_unknown_inference_quant_is_a_usage_error(tiny_model, sentiment):
+    result = run_cli("eval", tiny_model, "--task", "cls", "--data", sentiment["eval"], "--quant", "3bit")
+    assert result.exit_code == 2 and "--quant 3bit: expected one of none, 8bit, 4bit" in result.output
