@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftkit.errors import UsageError
+from ftkit.errors import RunStopped, UsageError
 
 app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
@@ -40,6 +40,9 @@ def _guard(fn, debug: bool):
             raise
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
+    except RunStopped as e:
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(e.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
@@ -73,7 +76,8 @@ def train(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML file, or the name of a shipped recipe "
                                                          "(`ftkit recipes`).")] = None,
     task: Annotated[Optional[str], typer.Option(help="Task family: cls, tag or gen.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Method: full, head or lora.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Method: full, head, lora, dora, adalora, ia3, prefix or "
+                                                       "prompt.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Built-in model name or checkpoint dir.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Training data file or built-in dataset.")] = None,
     eval_data: Annotated[Optional[str], typer.Option(help="Evaluation data (default: a seeded held-out "
@@ -90,7 +94,11 @@ def train(
     max_length: Annotated[Optional[int], typer.Option(help="Truncate inputs to this many tokens.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
+        "--gradient-checkpointing", help="Recompute activations in the backward pass (less memory, slower).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run dir from its newest checkpoint (same "
+                                              "command, or RUN/ftkit.yaml as the recipe).")] = False,
     set_: Sets = None,
     debug: Debug = False,
 ):
@@ -103,12 +111,13 @@ def train(
                  "model": {"name": model, "quant": quant},
                  "data": {"train": data, "eval": eval_data, "max_length": max_length},
                  "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
-                           "grad_accum": grad_accum, "seed": seed, "precision": precision}}
+                           "grad_accum": grad_accum, "seed": seed, "precision": precision,
+                           "gradient_checkpointing": gradient_checkpointing}}
         cfg = config.resolve(recipes.find(recipe) if recipe else None, _drop_none(flags), set_ or [])
         from ftkit.train import train as run_train
 
         start = time.perf_counter()
-        summary = run_train(cfg, overwrite=overwrite)
+        summary = run_train(cfg, overwrite=overwrite, resume=resume)
         metrics = {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))}
         typer.echo("held-out: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in metrics.items()))

@@ -59,6 +59,12 @@ class TrainConfig:
     log_every: int = _f(10, "Log the training loss every N optimizer steps.")
     patience: int = _f(0, "Stop after N evaluations without improvement of the main metric (0 = never).")
     group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding (shuffled).")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% "
+                                             "slower (non-reentrant; always on for a quantized base).")
+    save_every: int | None = _f(None, "Write a resumable checkpoint every N optimizer steps (and on SIGTERM/SIGINT); "
+                                      "default: at every evaluation; 0: only on a signal.")
+    keep_checkpoints: int = _f(2, "Resumable checkpoints kept in RUN/checkpoints (the newest ones). A finished run "
+                                  "keeps none: its weights are the best evaluation's.")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -299,6 +305,8 @@ def validate(cfg: Config) -> None:
     _check(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every, "an integer > 0")
     _check(t.log_every > 0, "train.log_every", t.log_every, "an integer > 0")
     _check(t.patience >= 0, "train.patience", t.patience, "an integer >= 0")
+    _check(t.save_every is None or t.save_every >= 0, "train.save_every", t.save_every, "an integer >= 0")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
     _check(0 < d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
     _check(d.max_length > 0, "data.max_length", d.max_length, "an integer > 0")
     task = TASKS.get(cfg.task_name)

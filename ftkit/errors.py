@@ -1,4 +1,4 @@
-"""The one exception type that means "the user gave us something wrong" (exit code 2)."""
+"""UsageError: the user gave us something wrong (exit code 2). RunStopped: a run ended early on purpose."""
 
 
 class UsageError(Exception):
@@ -6,3 +6,12 @@ class UsageError(Exception):
 
     The message must say where (file, line, column or key), what was found and what was expected.
     """
+
+
+class RunStopped(Exception):
+    """Training stopped before the end (a signal, a diverging loss). The CLI prints the message, which says what
+    was kept and how to go on, and exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

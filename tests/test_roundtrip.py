@@ -14,8 +14,10 @@ from ftkit.methods import METHODS
 def trained(request, tiny_model, sentiment, tmp_path_factory):
     method = request.param
     out = tmp_path_factory.mktemp(f"run-{method}") / "run"
-    lr = {"full": "5e-3", "head": "5e-2", "prompt": "5e-2", "prefix": "2e-2"}.get(method, "2e-2")
-    epochs = {"head": "20"}.get(method, "8")  # a linear probe on random frozen features needs more passes
+    # measured on this tiny model over seeds 1, 2, 3, 42: LoRA at 1e-2 x 12 epochs ends at 0.85-0.95 accuracy, at
+    # 2e-2 x 8 epochs anywhere in 0.55-0.85 (the dropout stream decides)
+    lr = {"full": "5e-3", "head": "5e-2", "prompt": "5e-2", "prefix": "2e-2"}.get(method, "1e-2")
+    epochs = {"head": "20"}.get(method, "12")  # a linear probe on random frozen features needs more passes
     result = run_cli(*train_args(tiny_model, sentiment, out, "--method", method, "--epochs", epochs, "--lr", lr,
                                  "--set", "train.log_every=2"))
     assert result.exit_code == 0, result.output

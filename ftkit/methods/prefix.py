@@ -29,6 +29,9 @@ class Prefix:
         if cfg.model.quant != "none":
             raise UsageError("method 'prefix' cannot train on a quantized base: k-bit training uses gradient "
                              "checkpointing, which prefix tuning does not support; use lora or prompt")
+        if cfg.train.gradient_checkpointing:
+            raise UsageError("method 'prefix' cannot train with train.gradient_checkpointing (peft refuses prefix "
+                             "tuning with gradient checkpointing); turn it off or use lora or prompt")
         if cfg.method["num_virtual_tokens"] < 1:
             raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
                              "expected an integer >= 1")
