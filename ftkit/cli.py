@@ -118,6 +118,10 @@ def train(
 
         start = time.perf_counter()
         summary = run_train(cfg, overwrite=overwrite, resume=resume)
+        from accelerate import PartialState
+
+        if not PartialState().is_main_process:  # one summary per run, not one per process
+            return
         metrics = {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))}
         typer.echo("held-out: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in metrics.items()))

@@ -83,8 +83,9 @@ def evaluate(model, loader, task, labels, cfg, accelerator) -> dict:
             if p.ndim > 1:  # ranks pad their batches to different widths; gathering needs one width
                 p = accelerator.pad_across_processes(p, dim=1, pad_index=-100)
                 r = accelerator.pad_across_processes(r, dim=1, pad_index=-100)
-            # gather_for_metrics drops the samples the sampler repeated to even out the last batch across ranks
-            loss, p, r = accelerator.gather_for_metrics((loss.detach().float().expand(len(r)), p, r))
+            # gather_for_metrics drops the samples the sampler repeated to even out the last batch across ranks;
+            # per-example losses make the mean exact (a batch mean would count the repeated samples)
+            loss, p, r = accelerator.gather_for_metrics((loss.detach().float(), p, r))
             losses.append(loss.cpu())
             preds.extend(p.cpu().numpy())
             refs.extend(r.cpu().numpy())

@@ -53,12 +53,21 @@ def load_for_training(cfg, task, labels: list[str]):
     model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
                                               trust_remote_code=cfg.model.trust_remote_code)
     quant = quantization(cfg.model.quant, task)
+    placement = {}
+    if quant:
+        import torch
+        from accelerate import PartialState
+
+        if torch.cuda.is_available():  # the whole quantized base on this rank's GPU, never spread across ranks
+            placement = {"quantization_config": quant, "device_map": {"": PartialState().local_process_index}}
+        else:
+            placement = {"quantization_config": quant}
     # The label maps go in as keyword overrides, not as config=: with an explicit config, transformers 5.23 leaves
     # most bitsandbytes layers holding fp32 weights.
     model = task.model_class(model_config).from_pretrained(
         path, **task.config_overrides(labels), trust_remote_code=cfg.model.trust_remote_code,
         ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a fresh head
-        **({"quantization_config": quant} if quant else {}),
+        **placement,
     )
     task.prepare_model(model, tokenizer)
     if quant:

@@ -107,15 +107,21 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False)
     from accelerate.utils import set_seed
 
     from ftkit.checkpoint import Checkpointer
+    from ftkit.distributed import check_ranks_agree, check_scale_out
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
     from ftkit.models import check_quant_training, load_for_training, quiet_libraries
     from ftkit.report import Reporter, model_card
 
+    check_scale_out(cfg)
     check_quant_training(cfg)
     quiet_libraries()
+    import torch
+
+    # cpu=True on a machine without CUDA: that is what makes Accelerate join a torchrun process group over gloo
     accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.train.precision, cfg.train.precision),
-                              gradient_accumulation_steps=cfg.train.grad_accum)
+                              gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available())
+    accelerator.wait_for_everyone()  # every rank has checked the run dir before the main one creates it
     set_seed(cfg.train.seed)  # before the model: the new head's initialisation depends on it
     model, tokenizer, base_path = load_for_training(cfg, task, labels)
     train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
@@ -150,7 +156,9 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False)
                         make_checkpointer=lambda prepared: Checkpointer(
                             run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.note))
 
+    check_ranks_agree(accelerator, model)
     summary = {"eval": result.best, "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),
+                                              "processes": accelerator.num_processes,
                                               "stopped_early": result.stopped_early, "train_rows": len(train_features),
                                               "eval_rows": len(eval_features), "trainable_params": trainable,
                                               "total_params": total}}

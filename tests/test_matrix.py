@@ -98,3 +98,16 @@ def test_gradient_checkpointing_trains_the_same_model(task, method, data_for, tm
 def test_prefix_refuses_gradient_checkpointing():
     with pytest.raises(UsageError, match="prefix.*gradient_checkpointing"):
         config.build({"method": "prefix", "train": {"gradient_checkpointing": True}})
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+def test_bf16_trains_every_task(task, data_for, tmp_path):
+    model, data, _ = data_for[task]
+    out = tmp_path / "run"
+    result = run_cli(*train_args(model, data, out, "--task", task, "--precision", "bf16", "--max-steps", "12",
+                                 "--lr", "1e-2", "--set", "train.log_every=1", "--set", "train.warmup_ratio=0"))
+    assert result.exit_code == 0, result.output
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "train"]
+    assert min(losses[-4:]) < losses[0], losses
+

@@ -80,13 +80,13 @@ class Classification(LabelledTask):
     # ------------------------------------------------------------------ model
     # ------------------------------------------------------------------ evaluation
     def eval_batch(self, model, batch):
-        """-> (mean loss over the batch, predictions, references), all tensors on the batch's device. The loss is
-        plain cross-entropy on the logits, so method-specific terms (AdaLoRA's regulariser) stay out of it."""
+        """-> (loss per example, predictions, references), all tensors on the batch's device. The loss is plain
+        cross-entropy on the logits, so method-specific terms (AdaLoRA's regulariser) stay out of it."""
         import torch.nn.functional as F
 
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        return F.cross_entropy(logits.float(), labels), logits.argmax(-1), labels
+        return F.cross_entropy(logits.float(), labels, reduction="none"), logits.argmax(-1), labels
 
     def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         import numpy as np

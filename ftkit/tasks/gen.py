@@ -193,7 +193,8 @@ class Generation:
         return "perplexity"
 
     def eval_batch(self, model, batch):
-        """-> (mean loss, summed NLL per example, label-token count per example): perplexity is token-weighted."""
+        """-> (loss per example, summed NLL per example, label-token count per example). The task's metrics
+        replace the loop's per-example mean by the token-weighted loss that perplexity needs."""
         import torch.nn.functional as F
 
         out = model(**batch)
@@ -202,7 +203,8 @@ class Generation:
         if not getattr(model.config, "is_encoder_decoder", False):
             logits, labels = logits[:, :-1], labels[:, 1:]  # causal: position t predicts token t+1
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-        return out.loss, nll.sum(1), (labels != IGNORE).sum(1)
+        tokens = (labels != IGNORE).sum(1)
+        return nll.sum(1) / tokens.clamp(min=1), nll.sum(1), tokens
 
     def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         tokens = float(sum(refs))

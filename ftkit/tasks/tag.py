@@ -122,14 +122,15 @@ class Tagging(LabelledTask):
         return "accuracy" if self.scheme(labels, cfg) == "none" else "entity_f1"
 
     def eval_batch(self, model, batch):
-        """Cross-entropy over the scored sub-tokens, computed here so method-specific terms stay out of it."""
+        """-> (mean cross-entropy over each sentence's scored sub-tokens, predictions, references); computed here
+        so method-specific terms stay out of it."""
         import torch.nn.functional as F
 
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         logits = real_positions(logits, labels.shape[1])
-        loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE)
-        return loss, logits.argmax(-1), labels
+        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+        return nll.sum(1) / (labels != IGNORE).sum(1).clamp(min=1), logits.argmax(-1), labels
 
     def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         """Token accuracy and per-tag scores over words; entity P/R/F1 (seqeval) for IOB2/IOBES tags."""

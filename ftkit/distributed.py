@@ -1,0 +1,66 @@
+"""Scale-out through Accelerate: which engine the launcher chose, the combinations ftkit refuses up front, and a
+check that every rank ends training with the same weights.
+
+ftkit never starts processes itself. ``torchrun --nproc_per_node N -m ftkit train ...`` (CPU: gloo; GPU: NCCL) or
+``accelerate launch [--config_file accelerate/fsdp.yaml] -m ftkit train ...`` start N copies; Accelerate reads
+the launcher's environment, shards the batches and all-reduces the gradients (DDP), or shards parameters (FSDP,
+DeepSpeed ZeRO) when its config file says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from ftkit.errors import UsageError
+
+
+def engine() -> str:
+    """fsdp, deepspeed, ddp (several processes) or single, from what the launcher put in the environment."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        return "deepspeed"
+    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+
+
+def check_scale_out(cfg) -> None:
+    """Refusals that depend on the launcher, before any model is loaded."""
+    import importlib.util
+
+    kind = engine()
+    quant = cfg.model.quant
+    if kind == "fsdp" and quant != "none":
+        raise UsageError(f"--quant {quant} with FSDP: bitsandbytes {quant} weights cannot be sharded by FSDP as "
+                         "ftkit loads them (8-bit never, 4-bit only with a bf16 quant storage ftkit does not set "
+                         "up); use DDP (torchrun / accelerate launch --multi_gpu) with --quant, or FSDP with "
+                         "--quant none")
+    if kind == "deepspeed":
+        if quant != "none" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3":
+            raise UsageError(f"--quant {quant} with DeepSpeed ZeRO-3: ZeRO-3 partitions the parameters, which "
+                             "bitsandbytes weights allow only with a bf16 quant storage ftkit does not set up (8-bit "
+                             "never); use ZeRO-2 (accelerate/deepspeed-zero2.yaml) or DDP with --quant")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UsageError("the Accelerate config selects DeepSpeed, which is not installed: pip install deepspeed")
+
+
+def weights_digest(model) -> str:
+    """A hash of the trainable parameters, to compare across ranks."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_ranks_agree(accelerator, model) -> None:
+    """Data-parallel ranks must end with identical weights; anything else is a bug worth failing loudly for."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    digests = gather_object([weights_digest(model)])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the {accelerator.num_processes} processes ended training with different weights "
+                           f"({len(set(digests))} distinct); the run is not trustworthy")
