@@ -103,7 +103,9 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tiny_model, sentime
     wait_for(out / "checkpoints", "step-00000036", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    newest = max((out / "checkpoints").glob("step-*"))
+    kept = sorted((out / "checkpoints").glob("step-*"))
+    assert len([p for p in kept if not p.name.endswith(".tmp")]) == 2  # train.keep_checkpoints
+    newest = max(p for p in kept if not p.name.endswith(".tmp"))
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated, as by a full disk
 
