@@ -96,6 +96,10 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option(
         "--gradient-checkpointing", help="Recompute activations in the backward pass (less memory, slower).")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option(
+        "--trust-remote-code", help="Run code shipped with the checkpoint (off by default).")] = None,
+    allow_pickle: Annotated[Optional[bool], typer.Option(
+        "--allow-pickle", help="Load pickle weights (pytorch_model.bin), which can run code (off by default).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run dir from its newest checkpoint (same "
                                               "command, or RUN/ftkit.yaml as the recipe).")] = False,
@@ -108,7 +112,8 @@ def train(
         from ftkit import config, recipes
 
         flags = {"task": task, "method": method, "output": output,
-                 "model": {"name": model, "quant": quant},
+                 "model": {"name": model, "quant": quant, "trust_remote_code": trust_remote_code,
+                           "allow_pickle": allow_pickle},
                  "data": {"train": data, "eval": eval_data, "max_length": max_length},
                  "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
                            "grad_accum": grad_accum, "seed": seed, "precision": precision,

@@ -27,6 +27,8 @@ def _f(default, help: str, **kw):
 class ModelConfig:
     name: str = _f("minilm", "A built-in model name (see `ftkit info --help`) or a local Hugging Face checkpoint dir.")
     trust_remote_code: bool = _f(False, "Allow running code shipped with the checkpoint. Off unless you trust it.")
+    allow_pickle: bool = _f(False, "Allow a checkpoint whose weights are only pickle files (pytorch_model.bin), which "
+                                   "can run code when loaded. Off unless you trust it.")
     quant: str = _f("none", "Quantize the frozen base with bitsandbytes: none, 8bit (LLM.int8, CPU or CUDA) or 4bit "
                             "(NF4 + double quantization, bf16 compute: QLoRA; training needs CUDA). Adapter methods "
                             "only.")
@@ -40,7 +42,8 @@ class DataConfig:
     columns: dict = _f({}, "Column names by role, e.g. {text: sentence, label: y}; roles depend on the task.")
     format: str = _f("auto", "gen only: pairs (prompt/response), chat (messages) or text; auto picks from the "
                              "columns.")
-    max_length: int = _f(128, "Truncate tokenized inputs to this many tokens.")
+    max_length: int | None = _f(None, "Truncate tokenized inputs to this many tokens; default 128, or the model's "
+                                      "position limit when lower.")
 
 
 @dataclass
@@ -67,6 +70,7 @@ class TrainConfig:
                                   "keeps none: its weights are the best evaluation's.")
 
 
+DEFAULT_MAX_LENGTH = 128
 PRECISIONS = ("fp32", "bf16", "fp16")
 QUANTS = ("none", "8bit", "4bit")
 
@@ -205,7 +209,11 @@ def build(raw: dict) -> Config:
     for name, registry in (("task", TASKS), ("method", METHODS)):
         section = dict(raw.get(name, {}))
         section.setdefault("name", Config.__dataclass_fields__[name].default)
-        entry = registry.get(section.pop("name"))
+        entry_name = section.pop("name")
+        if not isinstance(entry_name, str):
+            raise UsageError(f"config key '{name}.name': expected one of {', '.join(registry.names())}, "
+                             f"got {entry_name!r}")
+        entry = registry.get(entry_name)
         params = make_dataclass(entry.params, section, prefix=f"{name}.")
         kwargs[name] = {"name": entry.name, **dataclasses.asdict(params)}
     if raw.get("output") is not None:
@@ -308,7 +316,7 @@ def validate(cfg: Config) -> None:
     _check(t.save_every is None or t.save_every >= 0, "train.save_every", t.save_every, "an integer >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
     _check(0 < d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
-    _check(d.max_length > 0, "data.max_length", d.max_length, "an integer > 0")
+    _check(d.max_length is None or d.max_length > 0, "data.max_length", d.max_length, "an integer > 0")
     task = TASKS.get(cfg.task_name)
     roles = set(task.columns)
     _reject_unknown(d.columns, roles, "data.columns.")

@@ -24,8 +24,11 @@ class Table:
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
+    def where_is(self, i: int) -> str:
+        return self.where[i] if self.where else f"row {i + 1}"
+
     def locate(self, i: int) -> str:
-        return f"{self.source}: {self.where[i] if self.where else f'row {i + 1}'}"
+        return f"{self.source}: {self.where_is(i)}"
 
     def column(self, name: str, role: str) -> list:
         if name not in self.columns:

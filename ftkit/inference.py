@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ftkit import config as config_mod
 from ftkit.data import read_table
 from ftkit.errors import UsageError
@@ -9,9 +11,18 @@ from ftkit.errors import UsageError
 
 def settings(loaded, sets: list[str]) -> config_mod.Config:
     """The run's own config (column names, max length), or defaults for a plain checkpoint; then --set."""
+    from ftkit.models import default_max_length, position_limit
+
     base = loaded.cfg.to_dict() if loaded.cfg else {"task": loaded.task.name}
     base.pop("output", None)
-    return config_mod.build(config_mod.merge_layers([("run config", base), ("--set", config_mod.parse_set(sets))]))
+    cfg = config_mod.build(config_mod.merge_layers([("run config", base), ("--set", config_mod.parse_set(sets))]))
+    limit = position_limit(loaded.model.config, loaded.tokenizer)
+    if cfg.data.max_length is None:
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=default_max_length(limit)))
+    if limit is not None and cfg.data.max_length > limit:
+        raise UsageError(f"config key 'data.max_length': got {cfg.data.max_length}, but {loaded.path} has {limit} "
+                         f"positions; use at most {limit}")
+    return cfg
 
 
 def model_labels(model) -> list[str]:

@@ -24,9 +24,17 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        # transformers 5 would build an empty vocabulary (every word -> [UNK]) and train on that without a word
+        raise UsageError(f"{path}: cannot load a tokenizer from this checkpoint (none of "
+                         f"{', '.join(TOKENIZER_FILES)}); copy the base model's tokenizer files into it")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
@@ -42,6 +50,58 @@ def base_model_path(name: str) -> Path:
         raise UsageError(f"{name}: is an adapter run dir, not a base model; export it with "
                          f"`ftkit export {name} --merge --output DIR` and train from DIR")
     return path
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weights_format(path: Path, allow_pickle: bool = False) -> None:
+    """Weights are read from safetensors; a checkpoint that only has pickle files (which run code when loaded) is
+    refused unless the user explicitly allows it."""
+    if not path.is_dir():
+        return
+    names = [p.name for p in path.iterdir()]
+    pickled = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickled and not any(n.endswith(".safetensors") for n in names) and not allow_pickle:
+        raise UsageError(f"{path}: its weights are pickle files ({', '.join(pickled)}), which can run code when "
+                         "loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
+
+
+def check_base_model(cfg, task) -> int | None:
+    """What the base checkpoint's config and tokenizer can tell, before any weights load: the weight format, an
+    architecture for the task, and data.max_length within the model's positions (returned)."""
+    path = base_model_path(cfg.model.name)
+    check_weights_format(path, cfg.model.allow_pickle)
+    quiet_libraries()
+    from transformers import AutoConfig
+
+    try:
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot read its config.json ({str(e).strip().splitlines()[0]})") from None
+    auto = task.model_class(model_config)
+    if not getattr(model_config, "auto_map", None) and type(model_config) not in auto._model_mapping:
+        raise UsageError(f"{path}: a {model_config.model_type!r} checkpoint has no {auto.__name__} architecture, "
+                         f"so it cannot be trained for task {task.name!r}; pick a model made for it")
+    limit = position_limit(model_config, load_tokenizer(path, cfg.model.trust_remote_code))
+    if cfg.data.max_length is not None and limit is not None and cfg.data.max_length > limit:
+        raise UsageError(f"config key 'data.max_length': got {cfg.data.max_length}, but {path} has {limit} "
+                         f"positions; use --max-length {limit} or less")
+    return limit
+
+
+def position_limit(model_config, tokenizer) -> int | None:
+    """The longest input the model takes (its position table, or the tokenizer's stated maximum); None if
+    unbounded (relative positions)."""
+    limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
+    return min(limits, default=None)
+
+
+def default_max_length(limit: int | None) -> int:
+    from ftkit.config import DEFAULT_MAX_LENGTH
+
+    return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
 
 
 def load_for_training(cfg, task, labels: list[str]):
@@ -156,6 +216,7 @@ def load_trained(name: str, task_name: str | None = None, quant: str | None = No
     from transformers import AutoConfig
 
     trust = bool(cfg and cfg.model.trust_remote_code)
+    check_weights_format(path, bool(cfg and cfg.model.allow_pickle))
     model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     if quant is None:
         quant = cfg.model.quant if cfg is not None and (path / "adapter_config.json").is_file() else "none"

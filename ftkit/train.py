@@ -23,6 +23,9 @@ def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
     run_dir = Path(output)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--output {output}: exists and is not a directory")
+    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {output}: cannot write under {existing} (permission denied)")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not (overwrite or resume):
             raise UsageError(f"--output {output}: exists and is not empty; pass --overwrite to replace it, "
@@ -92,16 +95,15 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False)
     else:
         eval_table, eval_targets = train_table, train_targets
         train_idx, eval_idx = held_out_split(train_table, cfg.data.eval_fraction, cfg.train.seed)
+    if len(train_idx) < cfg.train.batch_size:
+        raise UsageError(f"{cfg.data.train}: {len(train_idx)} training rows are fewer than one batch "
+                         f"(train.batch_size {cfg.train.batch_size}); lower --batch-size or add data")
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.lr or method.default_lr),
                               data=dataclasses.replace(cfg.data, train=_absolute(cfg.data.train),
                                                        eval=_absolute(cfg.data.eval)),
                               model=dataclasses.replace(cfg.model, name=_absolute(cfg.model.name)),
                               output=str(run_dir.resolve()))
-
-    resuming = resume and (run_dir / "ftkit.yaml").is_file()
-    if resuming:
-        check_resumable(run_dir, cfg)
 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -110,11 +112,18 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False)
     from ftkit.distributed import check_ranks_agree, check_scale_out
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
-    from ftkit.models import check_quant_training, load_for_training, quiet_libraries
+    from ftkit.models import (check_base_model, check_quant_training, default_max_length, load_for_training,
+                              quiet_libraries)
     from ftkit.report import Reporter, model_card
 
     check_scale_out(cfg)
     check_quant_training(cfg)
+    limit = check_base_model(cfg, task)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, max_length=cfg.data.max_length or default_max_length(limit)))
+    resuming = resume and (run_dir / "ftkit.yaml").is_file()
+    if resuming:
+        check_resumable(run_dir, cfg)
     quiet_libraries()
     import torch
 
@@ -129,6 +138,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False)
                                                                          cfg.data.eval, cfg)
     train_features = task.features(train_enc, train_targets, train_idx, cfg, training=True)
     eval_features = task.features(eval_enc, eval_targets, eval_idx, cfg, training=False)
+    if not eval_features:
+        raise UsageError(f"{cfg.data.eval or cfg.data.train}: the evaluation split has no usable rows")
 
     ctx = Context(head=task.head_modules(model), peft_task_type=task.peft_task_type(model.config),
                   total_steps=plan_steps(len(train_features), cfg, accelerator.num_processes)[1],

@@ -29,6 +29,12 @@ class Classification(LabelledTask):
     # ------------------------------------------------------------------ data
     def label_space(self, table: Table, cfg) -> list[str]:
         col = table.column(self._col(cfg, "label"), "label")
+        first_of = {}  # the first row of each kind of value: numbers and text must not mix
+        for i, v in enumerate(col):
+            first_of.setdefault("text" if isinstance(v, str) else "number", i)
+        if len(first_of) > 1:
+            raise UsageError(f"{table.source}: the label column mixes numbers ({table.where_is(first_of['number'])}) "
+                             f"and text ({table.where_is(first_of['text'])}); use one type for every label")
         labels = sort_labels({label_name(v, table, i) for i, v in enumerate(col)})
         if len(labels) < 2:
             raise UsageError(f"{table.source}: every row has the label {labels[0]!r}; classification needs at "

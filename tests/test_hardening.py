@@ -1,0 +1,323 @@
+"""Bad input: one clear line, exit code 2, nothing written and nothing overwritten. Unsafe input: refused unless
+explicitly allowed. Property-based tests: the data readers and the config loader either load or fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import run_cli, sentiment_rows, train_args, write_rows
+from ftkit import config
+from ftkit.data import read_table
+from ftkit.errors import UsageError
+
+
+# --------------------------------------------------------------------------------------------- bad data files
+def _bytes(text: str | bytes):
+    return lambda d: text if isinstance(text, bytes) else text.encode()
+
+
+DATA_CASES = {  # name: (file name, content, expected message)
+    "missing file": ("absent.csv", None, "absent.csv: no such file, and not a built-in dataset"),
+    "empty file": ("empty.csv", b"", "empty.csv: no data rows"),
+    "header only": ("header.csv", b"text,label\n", "header.csv: no data rows"),
+    "unknown extension": ("data.xlsx", b"x", "unknown data format '.xlsx'; expected one of .csv"),
+    "malformed jsonl": ("bad.jsonl", b'{"text": "a", "label": "x"}\n{"text": "b", "label": \n',
+                        "bad.jsonl: line 2: invalid JSON"),
+    "malformed json": ("bad.json", b'[{"text": "a", "label": "x"},', "bad.json: line 1: invalid JSON"),
+    "malformed csv": ("bad.csv", b'text,label\n"a",x\n"unterminated,pos\n', "bad.csv: line 3"),
+    "misnamed column": ("cols.csv", b"sentence,y\na,b\nc,d\n", "columns found: sentence, y"),
+    "null text": ("null.jsonl", b'{"text": null, "label": "x"}\n{"text": "b", "label": "y"}\n',
+                  "null.jsonl: line 1: empty or non-text value None in the text column"),
+    "empty text": ("blank.csv", b"text,label\n  ,x\nb,y\n", "blank.csv: line 2: empty or non-text value"),
+    "mixed label types": ("mixed.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": "neg"}\n',
+                          "mixed.jsonl: the label column mixes numbers (line 1) and text (line 2)"),
+    "non-utf8": ("latin.csv", b"text,label\ncaf\xe9 ok,x\nb,y\n", "latin.csv: line 2: not UTF-8 (byte 0xe9)"),
+    "single huge line": ("huge.csv", b"text,label\n" + b"x" * 200_000 + b",pos\nb,neg\n",
+                         "huge.csv: line 2: malformed CSV: field larger than field limit"),
+    "one label only": ("one.csv", b"text,label\na,x\nb,x\n", "every row has the label 'x'"),
+    "fewer rows than a batch": ("small.csv", b"text,label\na,x\nb,y\nc,x\nd,y\n",
+                                "small.csv: 3 training rows are fewer than one batch (train.batch_size 16)"),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_training_data(case, tiny_model, sentiment, tmp_path):
+    name, content, expected = DATA_CASES[case]
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", tiny_model, "--data", path, "--output", out, "--batch-size", "16",
+                     "--max-length", "32")
+    assert result.exit_code == 2, result.output
+    assert expected in result.output, result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_bad_eval_data(tiny_model, sentiment, tmp_path):
+    unseen = write_rows(tmp_path / "unseen.csv", [{"text": "a film", "label": "neutral"}])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    for path, expected in ((unseen, "unseen.csv: line 2: label 'neutral' was not seen in training"),
+                           (empty, "empty.csv: no data rows")):
+        out = tmp_path / "run"
+        result = run_cli(*train_args(tiny_model, {**sentiment, "eval": path}, out))
+        assert result.exit_code == 2 and expected in result.output, result.output
+        assert not out.exists()
+
+
+def test_tags_and_tokens_of_different_lengths(tiny_model, tmp_path):
+    rows = [{"tokens": ["mary", "was", "here"], "tags": ["B-PER", "O"]}] * 20
+    path = tmp_path / "tags.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_cli("train", "--task", "tag", "--model", tiny_model, "--data", path, "--output", tmp_path / "run")
+    assert result.exit_code == 2 and "tags.jsonl: line 1: 3 tokens but 2 tags" in result.output
+
+
+# --------------------------------------------------------------------------------------------- bad config
+CONFIG_CASES = [
+    (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys:"),
+    (["--set", "train.batch_size=many"], "config key 'train.batch_size': expected an integer, got 'many'"),
+    (["--lr", "-1"], "config key 'train.lr': got -1.0, expected a number > 0"),
+    (["--set", "method.r=0"], "config key 'method.r': got 0, expected an integer >= 1"),
+    (["--max-length", "100"], "config key 'data.max_length': got 100, but"),  # the tiny model has 64 positions
+    (["--method", "prefix", "--quant", "8bit"], "method 'prefix' cannot train on a quantized base"),
+    (["--method", "full", "--quant", "8bit"], "method 'full' cannot train a 8bit quantized base"),
+    (["--task", "gen", "--method", "head"], "method 'head' needs a task with a new head"),
+    (["--method", "prefix", "--gradient-checkpointing"], "method 'prefix' cannot train with "
+                                                          "train.gradient_checkpointing"),
+    (["--resume", "--overwrite"], "--overwrite and --resume exclude each other"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", CONFIG_CASES, ids=[c[1][:40] for c in CONFIG_CASES])
+def test_bad_config_is_refused_before_loading(extra, expected, tiny_model, sentiment, tmp_path, monkeypatch):
+    import ftkit.models
+
+    def never(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ftkit.models, "load_for_training", never)
+    out = tmp_path / "run"
+    args = train_args(tiny_model, sentiment, out)
+    if "--max-length" in extra:
+        args = args[:args.index("--max-length")] + args[args.index("--max-length") + 2:]
+    result = run_cli(*args, *extra)
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------- bad models
+def test_bad_model_paths(tiny_model, tiny_seq2seq, sentiment, tmp_path):
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("config", "model")):
+            shutil.copy(f, no_tokenizer)
+    adapter_run = tmp_path / "adapter-run"
+    assert run_cli(*train_args(tiny_model, sentiment, adapter_run, "--max-steps", "2")).exit_code == 0
+    cases = [
+        (tmp_path / "nowhere", "no such model directory, and not a built-in model"),
+        (tmp_path, "not a Hugging Face checkpoint (expected a directory with config.json)"),
+        (tiny_seq2seq, "checkpoint has no AutoModelForSequenceClassification architecture"),
+        (no_tokenizer, "cannot load a tokenizer from this checkpoint"),
+        (adapter_run, "is an adapter run dir, not a base model; export it with"),
+    ]
+    for model, expected in cases:
+        out = tmp_path / "run"
+        result = run_cli(*train_args(model, sentiment, out))
+        assert result.exit_code == 2 and expected in result.output, (model, result.output)
+        assert not out.exists()
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_model, sentiment, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model, pickled)
+    weights = pickled / "model.safetensors"
+    torch.save(load_file(weights), pickled / "pytorch_model.bin")
+    weights.unlink()
+    out = tmp_path / "run"
+    result = run_cli(*train_args(pickled, sentiment, out, "--max-steps", "2"))
+    assert result.exit_code == 2 and "pytorch_model.bin), which can run code when loaded" in result.output
+    assert "--allow-pickle" in result.output and not out.exists()
+    result = run_cli(*train_args(pickled, sentiment, out, "--max-steps", "2", "--allow-pickle"))
+    assert result.exit_code == 0, result.output
+    result = run_cli("eval", pickled, "--task", "cls", "--data", sentiment["eval"])
+    assert result.exit_code == 2 and "which can run code when loaded" in result.output
+
+
+# --------------------------------------------------------------------------------------------- output
+def test_an_existing_run_is_never_overwritten_or_deleted_by_mistake(tiny_model, sentiment, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    for extra, expected in (([], "exists and is not empty; pass --overwrite to replace it"),
+                            (["--overwrite"], "is not an ftkit run dir (no ftkit.yaml); refusing to delete it"),
+                            (["--resume"], "is not an ftkit run dir (no ftkit.yaml); refusing to resume it")):
+        result = run_cli(*train_args(tiny_model, sentiment, out, *extra))
+        assert result.exit_code == 2 and expected in result.output, result.output
+        assert [p.name for p in out.iterdir()] == ["precious.txt"]
+
+
+def test_output_under_a_file_is_refused(tiny_model, sentiment, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli(*train_args(tiny_model, sentiment, blocker / "run"))
+    assert result.exit_code == 2 and f"cannot write under {blocker}" in result.output
+
+
+def test_a_full_disk_leaves_no_run_that_looks_complete(tiny_model, sentiment, tmp_path, monkeypatch):
+    import errno
+
+    from transformers import PreTrainedTokenizerBase
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)  # the run's last files
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "2"))
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert not (out / "metrics.json").exists()
+    assert run_cli("eval", out, "--data", sentiment["eval"]).exit_code == 2  # "training did not finish"
+
+
+# --------------------------------------------------------------------------------------------- safety
+def test_remote_code_is_off_unless_asked_for(tiny_model, sentiment, tmp_path):
+    assert config.build({}).model.trust_remote_code is False
+    out = tmp_path / "run"
+    assert run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "2", "--trust-remote-code")).exit_code == 0
+    assert "trust_remote_code: true" in (out / "ftkit.yaml").read_text()
+
+
+def test_no_secret_from_the_environment_reaches_the_run_dir(tiny_model, sentiment, tmp_path, monkeypatch):
+    secret = "hf_SECRET_0123456789abcdef"
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.setenv(var, secret)
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "2"))
+    assert result.exit_code == 0 and secret not in result.output
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+
+
+def test_a_pickled_object_in_a_checkpoint_is_not_loaded(tiny_model, sentiment, tmp_path, monkeypatch):
+    """Checkpoint state is read with weights_only=True: a file carrying arbitrary Python objects is skipped."""
+    import torch
+
+    import ftkit.loop
+
+    real, calls = ftkit.loop.evaluate, {"n": 0}
+
+    def power_cut_at_the_third_evaluation(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ftkit.loop, "evaluate", power_cut_at_the_third_evaluation)
+    out = tmp_path / "run"
+    args = train_args(tiny_model, sentiment, out, "--max-steps", "8", "--set", "train.eval_every=2")
+    assert run_cli(*args).exit_code == 1
+    monkeypatch.undo()
+    newest = max((out / "checkpoints").glob("step-*"))  # step 4 (checkpoints follow the evaluations)
+    torch.save({"state": Evil(), "param_groups": []}, newest / "optimizer.bin")
+    result = run_cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint {newest.name} is unreadable (UnpicklingError" in result.output
+    assert "resumed from" in result.output and "step-00000002" in result.output
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+# --------------------------------------------------------------------------------------------- properties
+CELL = st.one_of(st.text(max_size=30), st.integers(-5, 5), st.none(), st.booleans(),
+                 st.floats(allow_nan=True, allow_infinity=True))
+ROWS = st.lists(st.dictionaries(st.sampled_from(["text", "label", "tokens", "x y", "é"]), CELL, max_size=4),
+                max_size=6)
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _loads_or_usage_error(path: Path):
+    try:
+        table = read_table(str(path))
+    except UsageError as e:
+        assert str(e) and "\n" not in str(e)
+        return None
+    assert len({len(v) for v in table.columns.values()}) <= 1  # columns of equal length
+    return table
+
+
+@FAST
+@given(rows=ROWS, suffix=st.sampled_from([".jsonl", ".json"]))
+def test_json_readers_load_or_fail_cleanly(rows, suffix, tmp_path):
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    table = _loads_or_usage_error(path)
+    if table is not None and rows and all(set(r) == set(rows[0]) and r for r in rows):
+        got, want = ({k: table.columns[k] for k in rows[0]}, {k: [r[k] for r in rows] for k in rows[0]})
+        assert repr(got) == repr(want)  # repr: NaN == NaN
+
+
+@FAST
+@given(texts=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=6),
+       labels=st.lists(st.text(max_size=10), min_size=6, max_size=6), suffix=st.sampled_from([".csv", ".tsv"]))
+def test_csv_readers_round_trip_or_fail_cleanly(texts, labels, suffix, tmp_path):
+    rows = [{"text": t, "label": labels[i]} for i, t in enumerate(texts)]
+    path = write_rows(tmp_path / f"d{suffix}", rows)
+    table = _loads_or_usage_error(path)
+    if table is not None:
+        assert len(table.columns["text"]) == len(rows)
+
+
+@FAST
+@given(data=st.binary(max_size=300), suffix=st.sampled_from([".csv", ".tsv", ".jsonl", ".json", ".conll",
+                                                             ".parquet"]))
+def test_arbitrary_bytes_never_crash_a_reader(data, suffix, tmp_path):
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(data)
+    _loads_or_usage_error(path)
+
+
+KEYS = st.sampled_from(["task", "method", "model", "data", "train", "output", "lr", "name", "r", "epochs",
+                        "batch_size", "quant", "max_length", "columns", "seed", "precision", "bogus"])
+VALUES = st.recursive(CELL | st.sampled_from(["cls", "tag", "gen", "lora", "full", "8bit", "bf16", "1e-4"]),
+                      lambda inner: st.dictionaries(KEYS, inner, max_size=4) | st.lists(inner, max_size=3),
+                      max_leaves=12)
+
+
+@FAST
+@given(raw=st.dictionaries(KEYS, VALUES, max_size=5))
+def test_config_loader_builds_or_fails_cleanly(raw):
+    try:
+        cfg = config.build(config.merge_layers([("hypothesis", raw)]))
+    except UsageError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert config.build(cfg.to_dict()) == cfg  # what it saves, it reads back the same
+
+
+@FAST
+@given(items=st.lists(st.text(max_size=30), max_size=4))
+def test_set_overrides_parse_or_fail_cleanly(items):
+    try:
+        config.resolve(None, {}, items)
+    except UsageError as e:
+        assert str(e) and "\n" not in str(e)
