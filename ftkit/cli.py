@@ -258,14 +258,23 @@ def info(
 
 @app.command()
 def recipes(
-    name: Annotated[Optional[str], typer.Argument(help="Print this recipe.")] = None,
+    action: Annotated[Optional[str], typer.Argument(help="`show` (or a recipe name directly).")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="The recipe to print.")] = None,
     debug: Debug = False,
 ):
-    """List the shipped recipes (or print one); pass a name to `ftkit train`."""
+    """List the shipped recipes (`ftkit recipes`), or print one (`ftkit recipes show NAME`); pass a name to
+    `ftkit train`."""
 
     def run_():
         from ftkit import recipes as rec
 
+        nonlocal name
+        if action == "show" and name is None:
+            raise UsageError("recipes show: give a recipe name (see `ftkit recipes`)")
+        if action not in (None, "show"):
+            if name is not None:
+                raise UsageError(f"recipes: unknown action {action!r}; use `ftkit recipes show NAME`")
+            name = action
         if name:
             typer.echo(rec.find(name).read_text(encoding="utf-8"), nl=False)
             return

@@ -166,8 +166,11 @@ def test_info_counts_trainable_parameters(tiny_model, method):
 def test_recipes_listing_and_show():
     result = run_cli("recipes")
     assert result.exit_code == 0 and "cls-lora" in result.output
-    result = run_cli("recipes", "cls-lora")
-    assert result.exit_code == 0 and "method:" in result.output
+    for args in (["recipes", "cls-lora"], ["recipes", "show", "cls-lora"]):
+        result = run_cli(*args)
+        assert result.exit_code == 0 and "method:" in result.output
+    result = run_cli("recipes", "show")
+    assert result.exit_code == 2 and "give a recipe name" in result.output
 
 
 def test_failure_while_running_exits_1_and_leaves_no_complete_run(tmp_path, tiny_model, sentiment, monkeypatch):

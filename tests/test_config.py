@@ -95,6 +95,11 @@ def test_shipped_recipes_validate(name):
     assert cfg.task_name in TASKS and cfg.method_name in METHODS
 
 
+def test_every_task_has_lora_adalora_and_prefix_recipes():
+    combos = {(c.task_name, c.method_name) for c in (config.resolve(p, {}, []) for p in recipes.shipped().values())}
+    assert {(t, m) for t in TASKS.names() for m in ("lora", "adalora", "prefix")} <= combos
+
+
 def test_every_config_field_is_documented():
     for cls in (config.Config, *config.SECTIONS.values(), *(METHODS.get(n).params for n in METHODS.names()),
                 *(TASKS.get(n).params for n in TASKS.names())):

@@ -321,3 +321,18 @@ def test_set_overrides_parse_or_fail_cleanly(items):
         config.resolve(None, {}, items)
     except UsageError as e:
         assert str(e) and "\n" not in str(e)
+
+
+def test_a_read_only_parent_is_refused(tiny_model, sentiment, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        result = run_cli(*train_args(tiny_model, sentiment, parent / "run"))
+        assert result.exit_code == 2 and "(permission denied)" in result.output
+    finally:
+        parent.chmod(0o755)

@@ -111,3 +111,16 @@ def test_bf16_trains_every_task(task, data_for, tmp_path):
               if r["type"] == "train"]
     assert min(losses[-4:]) < losses[0], losses
 
+
+
+@pytest.mark.parametrize("name", list(__import__("ftkit.recipes", fromlist=["shipped"]).shipped()))
+def test_shipped_recipe_trains_on_a_tiny_model(name, data_for, tmp_path):
+    """Each recipe's own task/method settings, on the tiny model and data of its task, for a few steps."""
+    from ftkit import recipes
+
+    task = config.resolve(recipes.find(name), {}, []).task_name
+    model, data, _ = data_for[task]
+    out = tmp_path / "run"
+    result = run_cli("train", name, *train_args(model, data, out, "--max-steps", "4", "--batch-size", "8")[1:])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 4
