@@ -103,6 +103,9 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run dir from its newest checkpoint (same "
                                               "command, or RUN/ftkit.yaml as the recipe).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the resolved config, a data "
+                                                            "summary and the model's size; train nothing, write "
+                                                            "nothing.")] = False,
     set_: Sets = None,
     debug: Debug = False,
 ):
@@ -122,7 +125,12 @@ def train(
         from ftkit.train import train as run_train
 
         start = time.perf_counter()
-        summary = run_train(cfg, overwrite=overwrite, resume=resume)
+        summary = run_train(cfg, overwrite=overwrite, resume=resume, dry_run=dry_run)
+        if dry_run:
+            from ftkit.report import print_dry_run
+
+            print_dry_run(summary)
+            return
         from accelerate import PartialState
 
         if not PartialState().is_main_process:  # one summary per run, not one per process

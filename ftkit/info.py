@@ -7,6 +7,14 @@ from ftkit import config as config_mod
 
 def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> dict:
     """Built on the meta device: no weights are read, so this is instant even for large checkpoints."""
+    cfg = config_mod.build(config_mod.merge_layers([
+        ("flags", {"task": task_name, "method": method_name, "model": {"name": model_name}}),
+        ("--set", config_mod.parse_set(sets))]))
+    return describe(cfg)
+
+
+def describe(cfg, labels: list[str] | None = None) -> dict:
+    """Parameter counts and memory of ``cfg``'s model and method (``labels`` sizes the head)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig
 
@@ -15,13 +23,10 @@ def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> 
     from ftkit.tasks import TASKS
     from ftkit.train import count_params
 
-    cfg = config_mod.build(config_mod.merge_layers([
-        ("flags", {"task": task_name, "method": method_name, "model": {"name": model_name}}),
-        ("--set", config_mod.parse_set(sets))]))
     task, method = TASKS.get(cfg.task_name), METHODS.get(cfg.method_name)
     quiet_libraries()
     path = base_model_path(cfg.model.name)
-    labels = ["0", "1"]
+    labels = labels or ["0", "1"]
     model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
                                               trust_remote_code=cfg.model.trust_remote_code)
     with init_empty_weights():

@@ -166,3 +166,18 @@ def print_info(info: dict) -> None:
     table.add_row("+ gradients and AdamW state", _human_bytes(info["training_state_bytes"]))
     table.add_row("training total (before activations)", _human_bytes(info["weights_plus_training_state_bytes"]))
     Console().print(table)
+
+
+def print_dry_run(result: dict) -> None:
+    import yaml
+
+    d = result["dry_run"]
+    print("# resolved config\n" + yaml.safe_dump(result["config"], sort_keys=False).rstrip())
+    print(f"# data\ntrain rows {d['train_rows']}, eval rows {d['eval_rows']}")
+    lengths = "  ".join(f"{k} {v}" for k, v in d["length_tokens"].items())
+    print(f"tokens per training row: {lengths}; {d['truncated_rows']} rows would be truncated at "
+          f"data.max_length={d['max_length']}")
+    if "label_counts" in d:
+        print("labels: " + ", ".join(f"{k} {v}" for k, v in d["label_counts"].items()))
+    print("# model")
+    print_info(d["model"])

@@ -75,12 +75,13 @@ def count_params(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False) -> dict:
+def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False, dry_run: bool = False) -> dict:
+    """Train and write a complete run dir; with ``dry_run``, only check everything and describe the run."""
     from ftkit.methods import METHODS
     from ftkit.tasks import TASKS
 
     task, method = TASKS.get(cfg.task_name), METHODS.get(cfg.method_name)
-    run_dir = prepare_run_dir(cfg.output, overwrite, resume)
+    run_dir = prepare_run_dir(cfg.output, overwrite, resume) if cfg.output or not dry_run else None
 
     # Data first: a bad row should fail in a second, not after the model has loaded.
     train_table = read_table(cfg.data.train)
@@ -103,7 +104,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False)
                               data=dataclasses.replace(cfg.data, train=_absolute(cfg.data.train),
                                                        eval=_absolute(cfg.data.eval)),
                               model=dataclasses.replace(cfg.model, name=_absolute(cfg.model.name)),
-                              output=str(run_dir.resolve()))
+                              output=str(run_dir.resolve()) if run_dir else None)
 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -121,6 +122,11 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False)
     limit = check_base_model(cfg, task)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, max_length=cfg.data.max_length or default_max_length(limit)))
+    if dry_run:
+        from ftkit.dryrun import summary
+
+        return {"config": cfg.to_dict(),
+                "dry_run": summary(cfg, task, train_table, train_targets, labels, train_idx, eval_idx)}
     resuming = resume and (run_dir / "ftkit.yaml").is_file()
     if resuming:
         check_resumable(run_dir, cfg)

@@ -124,3 +124,23 @@ def test_shipped_recipe_trains_on_a_tiny_model(name, data_for, tmp_path):
     result = run_cli("train", name, *train_args(model, data, out, "--max-steps", "4", "--batch-size", "8")[1:])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 4
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+def test_dry_run_describes_without_loading_or_writing(task, data_for, tmp_path, monkeypatch):
+    import ftkit.models
+
+    def never(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(ftkit.models, "load_for_training", never)
+    model, data, _ = data_for[task]
+    out = tmp_path / "run"
+    result = run_cli(*train_args(model, data, out, "--task", task, "--max-length", "6", "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert "# resolved config" in result.output and f"task:\n  name: {task}" in result.output
+    assert "rows would be truncated at data.max_length=6" in result.output
+    truncated = int(result.output.split(" rows would be truncated")[0].rsplit(";", 1)[1])
+    assert truncated > 0
+    assert ("labels: " in result.output) == (task != "gen")
+    assert "trainable" in result.output and not out.exists()
