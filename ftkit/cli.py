@@ -103,6 +103,8 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run dir from its newest checkpoint (same "
                                               "command, or RUN/ftkit.yaml as the recipe).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or evaluation lines; warnings, errors "
+                                                             "and the final summary only.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the resolved config, a data "
                                                             "summary and the model's size; train nothing, write "
                                                             "nothing.")] = False,
@@ -125,7 +127,7 @@ def train(
         from ftkit.train import train as run_train
 
         start = time.perf_counter()
-        summary = run_train(cfg, overwrite=overwrite, resume=resume, dry_run=dry_run)
+        summary = run_train(cfg, overwrite=overwrite, resume=resume, dry_run=dry_run, quiet=quiet)
         if dry_run:
             from ftkit.report import print_dry_run
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 class Reporter:
     """Writes metrics.jsonl and shows progress: a rich bar on a terminal, plain log lines otherwise (CI logs).
-    Only the main process reports (``enabled``)."""
+    Only the main process reports (``enabled``); ``quiet`` keeps it to warnings (metrics.jsonl is still written)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, quiet: bool = False):
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
+        self.shows = enabled and not quiet
         self._progress = None
 
     def _write(self, record: dict) -> None:
@@ -37,7 +38,7 @@ class Reporter:
                   else "no checkpoint to resume from: starting at step 0")
 
     def start(self, total: int, done: int = 0) -> None:
-        if not self.enabled:
+        if not self.shows:
             return
         from rich.console import Console
 
@@ -53,7 +54,7 @@ class Reporter:
 
     def log(self, record: dict) -> None:
         self._write({"type": "train", **record})
-        if not self.enabled:
+        if not self.shows:
             return
         info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['samples_per_s']:.1f} samples/s"
         if self._progress:
@@ -67,6 +68,11 @@ class Reporter:
         self.note(f"eval @ step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
 
     def note(self, text: str) -> None:
+        if self.shows:
+            self.warn(text)
+
+    def warn(self, text: str) -> None:
+        """Shown even with --quiet."""
         if not self.enabled:
             return
         if self._progress:

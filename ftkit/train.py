@@ -75,7 +75,8 @@ def count_params(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False, dry_run: bool = False) -> dict:
+def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False, dry_run: bool = False,
+          quiet: bool = False) -> dict:
     """Train and write a complete run dir; with ``dry_run``, only check everything and describe the run."""
     from ftkit.methods import METHODS
     from ftkit.tasks import TASKS
@@ -162,7 +163,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         run_dir.mkdir(parents=True)
         config_mod.dump_yaml(cfg, run_dir / "ftkit.yaml")
     accelerator.wait_for_everyone()
-    reporter = Reporter(run_dir, enabled=main)
+    reporter = Reporter(run_dir, enabled=main, quiet=quiet)
     reporter.note(f"{cfg.task_name}/{cfg.method_name} on {cfg.model.name}: {len(train_features)} train / "
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")
@@ -171,7 +172,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                         collate=task.collator(tokenizer), task=task, labels=labels, main_metric=main_metric, cfg=cfg,
                         accelerator=accelerator, reporter=reporter, resume=resuming, step_hook=step_hook,
                         make_checkpointer=lambda prepared: Checkpointer(
-                            run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.note))
+                            run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.warn))
 
     check_ranks_agree(accelerator, model)
     summary = {"eval": result.best, "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),

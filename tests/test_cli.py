@@ -187,3 +187,17 @@ def test_failure_while_running_exits_1_and_leaves_no_complete_run(tmp_path, tiny
     assert not (out / "metrics.json").exists()
     result = run_cli("eval", out, "--data", sentiment["eval"])
     assert result.exit_code == 2 and "training did not finish" in result.output
+
+
+def test_quiet_prints_only_the_summary(tmp_path, tiny_model, sentiment):
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "4", "--set", "train.log_every=1",
+                                 "--quiet"))
+    assert result.exit_code == 0, result.output
+    assert [line.split(":")[0] for line in result.output.splitlines()] == ["held-out", "run dir"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 5  # 4 steps + the final evaluation
+
+
+def test_shell_completion_is_offered():
+    result = run_cli("--help")
+    assert "--install-completion" in result.output

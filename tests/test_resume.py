@@ -31,17 +31,19 @@ def reference(tiny_model, sentiment, tmp_path_factory) -> Path:
     return out
 
 
-def start(cli_args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ftkit", *cli_args], stdout=log.open("w"),
+def interrupt(cli_args: list[str], log: Path, when: str, sig: int) -> int:
+    """Run `python -m ftkit` with ``cli_args``; send ``sig`` once RUN/checkpoints/``when`` (a glob) exists; return
+    the exit status."""
+    proc = subprocess.Popen([sys.executable, "-m", "ftkit", *cli_args], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(folder.glob(pattern)):
-        assert proc.poll() is None, f"the run ended before {pattern} appeared"
-        assert time.monotonic() < deadline, f"{folder / pattern} did not appear"
+    folder = Path(cli_args[cli_args.index("--output") + 1]) / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not any(folder.glob(when)):
+        assert proc.poll() is None, f"the run ended before {when} appeared"
+        assert time.monotonic() < deadline, f"{folder / when} did not appear"
         time.sleep(0.005)
+    proc.send_signal(sig)
+    return proc.wait(timeout=60)
 
 
 def records(run: Path) -> list[dict]:
@@ -62,10 +64,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tiny_model, sentiment, tmp_path, reference):
     out = tmp_path / "run"
     cli_args = args(tiny_model, sentiment, out, "--set", "train.save_every=3")
-    proc = start(cli_args, tmp_path / "log")
-    wait_for(out / "checkpoints", "step-00000033", proc)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    assert interrupt(cli_args, tmp_path / "log", "step-00000033", signal.SIGKILL) == -signal.SIGKILL
     assert not (out / "metrics.json").exists()
     assert not (out / "adapter_model.safetensors").exists()  # nothing that looks like a finished run
 
@@ -82,10 +81,7 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tiny_model, se
 def test_sigterm_checkpoints_and_exits_then_resumes(tiny_model, sentiment, tmp_path, reference):
     out = tmp_path / "run"
     cli_args = args(tiny_model, sentiment, out, "--set", "train.save_every=0")  # only on the signal
-    proc = start(cli_args, tmp_path / "log")
-    wait_for(out / "checkpoints", "best-step-*", proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert interrupt(cli_args, tmp_path / "log", "best-step-*", signal.SIGTERM) == 128 + signal.SIGTERM
     log = (tmp_path / "log").read_text()
     assert "stopped: SIGTERM at step" in log and "plus --resume" in log
     steps = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")]
@@ -99,10 +95,7 @@ def test_sigterm_checkpoints_and_exits_then_resumes(tiny_model, sentiment, tmp_p
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tiny_model, sentiment, tmp_path, reference):
     out = tmp_path / "run"
     cli_args = args(tiny_model, sentiment, out, "--set", "train.save_every=3")
-    proc = start(cli_args, tmp_path / "log")
-    wait_for(out / "checkpoints", "step-00000036", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    interrupt(cli_args, tmp_path / "log", "step-00000036", signal.SIGKILL)
     kept = sorted((out / "checkpoints").glob("step-*"))
     assert len([p for p in kept if not p.name.endswith(".tmp")]) == 2  # train.keep_checkpoints
     newest = max(p for p in kept if not p.name.endswith(".tmp"))
