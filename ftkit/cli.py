@@ -169,6 +169,8 @@ def eval_(
                                                               "score exact match and ROUGE-L.")] = False,
     max_new_tokens: MaxNew = None,
     quant: QuantOpt = None,
+    confusion_png: Annotated[Optional[Path], typer.Option(help="cls/tag: also draw the confusion matrix into this "
+                                                               "PNG file.")] = None,
     set_: Sets = None,
     debug: Debug = False,
 ):
@@ -180,7 +182,17 @@ def eval_(
         from ftkit.report import print_eval
 
         sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
-        metrics = evaluate(load_trained(run, task, quant), data, sets, batch_size)
+        if confusion_png is not None and confusion_png.suffix.lower() != ".png":
+            raise UsageError(f"--confusion-png {confusion_png}: expected a .png file name")
+        loaded = load_trained(run, task, quant)
+        if confusion_png is not None and not loaded.task.labelled:
+            raise UsageError(f"--confusion-png: task {loaded.task.name!r} has no confusion matrix (cls and tag do)")
+        metrics = evaluate(loaded, data, sets, batch_size)
+        if confusion_png is not None:
+            from ftkit.plots import confusion
+
+            cm = metrics["confusion_matrix"]
+            confusion(cm["matrix"], cm["labels"], confusion_png, title=f"{Path(run).name} on {Path(data).name}")
         print_eval(metrics)
         if output:
             _emit(metrics, output)

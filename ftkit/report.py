@@ -102,11 +102,22 @@ def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, sec
             load += f"model = {peft_class}.from_pretrained(RUN_DIR)"
     else:
         load = f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained(RUN_DIR)"
+    import yaml
+
+    hub_task = {"cls": "text-classification", "tag": "token-classification"}.get(cfg.task_name, "text-generation")
+    header = {"base_model": base, "library_name": "peft" if adapter else "transformers",
+              "pipeline_tag": hub_task, "tags": ["ftkit", cfg.task_name, cfg.method_name],
+              "datasets": [cfg.data.train], "metrics": [k for k in scalars if k != "step"],
+              "model-index": [{"name": Path(cfg.output or "run").name, "results": [{
+                  "task": {"type": hub_task},
+                  "dataset": {"name": cfg.data.eval or f"{cfg.data.train} (held-out split)", "type": "ftkit"},
+                  "metrics": [{"type": k, "value": v} for k, v in scalars.items() if k != "step"]}]}]}
+    hyper = {**{f"method.{k}": v for k, v in cfg.method.items()},
+             **{f"train.{k}": v for k, v in vars(cfg.train).items()},
+             "data.max_length": cfg.data.max_length, "model.quant": cfg.model.quant}
+    hyper_rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
     return f"""---
-base_model: {base}
-library_name: {"peft" if adapter else "transformers"}
-tags: [ftkit, {cfg.task_name}, {cfg.method_name}]
-datasets: [{cfg.data.train}]
+{yaml.safe_dump(header, sort_keys=False).rstrip()}
 ---
 
 # {cfg.task_name} / {cfg.method_name} fine-tune of `{cfg.model.name}`
@@ -119,6 +130,12 @@ Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 
 | metric | value |
 |---|---|
 {rows}
+
+## Hyper-parameters
+
+| key | value |
+|---|---|
+{hyper_rows}
 
 ## Reproduce
 

@@ -116,6 +116,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit.methods import Context
     from ftkit.models import (check_base_model, check_quant_training, default_max_length, load_for_training,
                               quiet_libraries)
+    from ftkit.plots import curves
     from ftkit.report import Reporter, model_card
 
     check_scale_out(cfg)
@@ -192,6 +193,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         saved.save_pretrained(run_dir)
         tokenizer.save_pretrained(run_dir)
         adapter = (run_dir / "adapter_config.json").is_file()
+        curves(run_dir, main_metric)
         (run_dir / "README.md").write_text(model_card(
             cfg, base=str(base_path), trainable=trainable, total=total, metrics=result.best,
             seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,

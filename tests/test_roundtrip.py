@@ -206,3 +206,18 @@ def test_reproduce_from_saved_config(trained, tmp_path):
     second = json.loads((tmp_path / "again" / "metrics.json").read_text())["eval"]
     assert second["accuracy"] == first["accuracy"]
     assert abs(second["loss"] - first["loss"]) < 1e-6
+
+
+def test_model_card_is_a_hub_model_card(trained):
+    import yaml
+
+    method, out, _ = trained
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    header = yaml.safe_load(text.split("---\n")[1])
+    summary = json.loads((out / "metrics.json").read_text())
+    assert header["library_name"] == ("transformers" if method in ("full", "head") else "peft")
+    assert header["pipeline_tag"] == "text-classification" and method in header["tags"]
+    results = header["model-index"][0]["results"][0]
+    assert {m["type"]: m["value"] for m in results["metrics"]}["accuracy"] == summary["eval"]["accuracy"]
+    assert "## Hyper-parameters" in text and "| train.lr |" in text and "ftkit train ftkit.yaml" in text

@@ -143,3 +143,20 @@ def test_tag_round_trip(tag_run, ner, tmp_path):
             out, num_labels=labels.num_labels, id2label=labels.id2label, label2id=labels.label2id).eval()
         with torch.no_grad():
             assert (plain(**batch).logits - merged(**batch).logits).abs().max().item() <= 1e-4
+
+
+def test_run_curves_and_confusion_image(tiny_model, ner, tmp_path):
+    from matplotlib.image import imread
+
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, ner, out, "--task", "tag", "--max-steps", "6",
+                                 "--set", "train.eval_every=2", "--set", "train.log_every=1"))
+    assert result.exit_code == 0, result.output
+    curves = imread(out / "curves.png")
+    assert curves.shape[0] > 200 and curves.shape[1] > 600 and curves.std() > 0.05  # drawn, not blank
+    png = tmp_path / "cm.png"
+    result = run_cli("eval", out, "--data", ner["eval"], "--confusion-png", png)
+    assert result.exit_code == 0, result.output
+    assert imread(png).shape[0] > 200
+    result = run_cli("eval", out, "--data", ner["eval"], "--confusion-png", tmp_path / "cm.jpg")
+    assert result.exit_code == 2 and "expected a .png file name" in result.output
