@@ -7,26 +7,21 @@ import dataclasses
 from collections import Counter
 
 
-def summary(cfg, task, table, targets, labels: list[str], train_idx: list[int], eval_idx: list[int]) -> dict:
+def summary(cfg, task, model_config, tokenizer, table, targets, labels: list[str], train_idx: list[int],
+            eval_idx: list[int]) -> dict:
+    """``model_config``/``tokenizer``: the base checkpoint's, as ``models.check_base_model`` read them."""
     from ftkit.info import describe
-    from ftkit.models import load_tokenizer, base_model_path
 
-    tokenizer = load_tokenizer(base_model_path(cfg.model.name), cfg.model.trust_remote_code)
     # untruncated lengths: how much data.max_length would cut
     uncut = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=10**6))
-    model_info = describe(cfg, labels or None)
-    from transformers import AutoConfig
-
-    model_config = AutoConfig.from_pretrained(base_model_path(cfg.model.name),
-                                              trust_remote_code=cfg.model.trust_remote_code)
-    enc = task.encode(tokenizer, table, uncut, model_config)
-    lengths = sorted(len(enc["input_ids"][i]) for i in train_idx)
+    ids = task.encode(tokenizer, table, uncut, model_config)["input_ids"]
+    lengths = sorted(len(ids[i]) for i in train_idx)
     out = {"train_rows": len(train_idx), "eval_rows": len(eval_idx),
            "length_tokens": {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (50, 90, 99)}
            | {"max": lengths[-1]},
            "max_length": cfg.data.max_length,
            "truncated_rows": sum(n > cfg.data.max_length for n in lengths),
-           "model": model_info}
+           "model": describe(cfg, labels or None)}
     if task.labelled:
         counts = Counter()
         for i in train_idx:

@@ -11,18 +11,13 @@ from ftkit.errors import UsageError
 
 def settings(loaded, sets: list[str]) -> config_mod.Config:
     """The run's own config (column names, max length), or defaults for a plain checkpoint; then --set."""
-    from ftkit.models import default_max_length, position_limit
+    from ftkit.models import resolve_max_length
 
     base = loaded.cfg.to_dict() if loaded.cfg else {"task": loaded.task.name}
     base.pop("output", None)
     cfg = config_mod.build(config_mod.merge_layers([("run config", base), ("--set", config_mod.parse_set(sets))]))
-    limit = position_limit(loaded.model.config, loaded.tokenizer)
-    if cfg.data.max_length is None:
-        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=default_max_length(limit)))
-    if limit is not None and cfg.data.max_length > limit:
-        raise UsageError(f"config key 'data.max_length': got {cfg.data.max_length}, but {loaded.path} has {limit} "
-                         f"positions; use at most {limit}")
-    return cfg
+    max_length = resolve_max_length(cfg.data.max_length, loaded.model.config, loaded.tokenizer, loaded.path)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=max_length))
 
 
 def model_labels(model) -> list[str]:

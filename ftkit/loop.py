@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,6 @@ class StopSignals:
     there are several processes), so they checkpoint at the same step."""
 
     def __enter__(self):
-        import signal
         import threading
 
         self.signal, self._previous = None, {}
@@ -118,15 +118,11 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        import signal
-
         if self.signal == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
 
     def __exit__(self, *exc):
-        import signal
-
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -142,8 +138,6 @@ class StopSignals:
 def train_loop(*, model, train_features, eval_features, collate, task, labels, main_metric, cfg, accelerator,
                reporter, make_checkpointer, resume: bool = False,
                step_hook: Callable[[int], None] | None = None) -> LoopResult:
-    import signal
-
     import torch
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup

@@ -67,9 +67,10 @@ def check_weights_format(path: Path, allow_pickle: bool = False) -> None:
                          "loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
 
 
-def check_base_model(cfg, task) -> int | None:
+def check_base_model(cfg, task):
     """What the base checkpoint's config and tokenizer can tell, before any weights load: the weight format, an
-    architecture for the task, and data.max_length within the model's positions (returned)."""
+    architecture for the task, and data.max_length within the model's positions.
+    -> (model config, tokenizer, the data.max_length to use)."""
     path = base_model_path(cfg.model.name)
     check_weights_format(path, cfg.model.allow_pickle)
     quiet_libraries()
@@ -83,25 +84,24 @@ def check_base_model(cfg, task) -> int | None:
     if not getattr(model_config, "auto_map", None) and type(model_config) not in auto._model_mapping:
         raise UsageError(f"{path}: a {model_config.model_type!r} checkpoint has no {auto.__name__} architecture, "
                          f"so it cannot be trained for task {task.name!r}; pick a model made for it")
-    limit = position_limit(model_config, load_tokenizer(path, cfg.model.trust_remote_code))
-    if cfg.data.max_length is not None and limit is not None and cfg.data.max_length > limit:
-        raise UsageError(f"config key 'data.max_length': got {cfg.data.max_length}, but {path} has {limit} "
-                         f"positions; use --max-length {limit} or less")
-    return limit
+    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
+    return model_config, tokenizer, resolve_max_length(cfg.data.max_length, model_config, tokenizer, path)
 
 
-def position_limit(model_config, tokenizer) -> int | None:
-    """The longest input the model takes (its position table, or the tokenizer's stated maximum); None if
-    unbounded (relative positions)."""
-    limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
-    limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
-    return min(limits, default=None)
-
-
-def default_max_length(limit: int | None) -> int:
+def resolve_max_length(requested: int | None, model_config, tokenizer, where) -> int:
+    """data.max_length for this model: the default (128, or the model's position limit when lower), or the
+    requested value if the model can take it."""
     from ftkit.config import DEFAULT_MAX_LENGTH
 
-    return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
+    limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
+    limit = min(limits, default=None)  # None: unbounded (relative positions)
+    if requested is None:
+        return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
+    if limit is not None and requested > limit:
+        raise UsageError(f"config key 'data.max_length': got {requested}, but {where} has {limit} positions; "
+                         f"use --max-length {limit} or less")
+    return requested
 
 
 def load_for_training(cfg, task, labels: list[str]):
@@ -118,10 +118,9 @@ def load_for_training(cfg, task, labels: list[str]):
         import torch
         from accelerate import PartialState
 
+        placement["quantization_config"] = quant
         if torch.cuda.is_available():  # the whole quantized base on this rank's GPU, never spread across ranks
-            placement = {"quantization_config": quant, "device_map": {"": PartialState().local_process_index}}
-        else:
-            placement = {"quantization_config": quant}
+            placement["device_map"] = {"": PartialState().local_process_index}
     # The label maps go in as keyword overrides, not as config=: with an explicit config, transformers 5.23 leaves
     # most bitsandbytes layers holding fp32 weights.
     model = task.model_class(model_config).from_pretrained(

@@ -114,21 +114,19 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit.distributed import check_ranks_agree, check_scale_out
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
-    from ftkit.models import (check_base_model, check_quant_training, default_max_length, load_for_training,
-                              quiet_libraries)
+    from ftkit.models import check_base_model, check_quant_training, load_for_training, quiet_libraries
     from ftkit.plots import curves
     from ftkit.report import Reporter, model_card
 
     check_scale_out(cfg)
     check_quant_training(cfg)
-    limit = check_base_model(cfg, task)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, max_length=cfg.data.max_length or default_max_length(limit)))
+    base_config, base_tokenizer, max_length = check_base_model(cfg, task)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=max_length))
     if dry_run:
         from ftkit.dryrun import summary
 
-        return {"config": cfg.to_dict(),
-                "dry_run": summary(cfg, task, train_table, train_targets, labels, train_idx, eval_idx)}
+        return {"config": cfg.to_dict(), "dry_run": summary(cfg, task, base_config, base_tokenizer, train_table,
+                                                             train_targets, labels, train_idx, eval_idx)}
     resuming = resume and (run_dir / "ftkit.yaml").is_file()
     if resuming:
         check_resumable(run_dir, cfg)

@@ -155,3 +155,30 @@ def test_the_same_command_twice_gives_identical_metrics(tiny_model, sentiment, t
     out = tmp_path / "again"
     assert run_cli(*args(tiny_model, sentiment, out)).exit_code == 0
     assert_same_run(reference, out)
+
+
+def test_adalora_resumes_its_budget_allocation_exactly(tiny_model, sentiment, tmp_path, monkeypatch):
+    """AdaLoRA keeps importance scores outside its weights; a resumed run must carry them on."""
+    import ftkit.loop
+
+    common = ["--method", "adalora", "--max-steps", "40", "--set", "train.eval_every=10",
+              "--set", "method.tinit=4", "--set", "method.tfinal=8", "--set", "method.delta_t=2"]
+    reference = tmp_path / "reference"
+    assert run_cli(*args(tiny_model, sentiment, reference, *common)).exit_code == 0
+
+    real, calls = ftkit.loop.evaluate, {"n": 0}
+
+    def power_cut_at_the_third_evaluation(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ftkit.loop, "evaluate", power_cut_at_the_third_evaluation)
+    out = tmp_path / "run"
+    assert run_cli(*args(tiny_model, sentiment, out, *common)).exit_code == 1
+    monkeypatch.undo()
+    assert (max((out / "checkpoints").glob("step-*")) / "method_state.pt").is_file()
+    result = run_cli(*args(tiny_model, sentiment, out, *common, "--resume"))
+    assert result.exit_code == 0 and "resumed from" in result.output, result.output
+    assert_same_run(reference, out)

@@ -70,6 +70,18 @@ class AdaLora:
         only when building a trainable model); without it `ftkit eval` on the run fails."""
         model.base_model.trainable_adapter_name = model.active_adapter
 
+    def get_state(self, model) -> dict:
+        """What a resumed run needs beyond the weights: the importance scores the budget allocation averages over
+        steps, and the rank pattern once the budget is frozen (saved in checkpoints; tensors, lists, None only)."""
+        alloc = model.base_model.rankallocator
+        return {"rank_pattern": model.peft_config[model.active_adapter].rank_pattern, "ipt": alloc.ipt,
+                "exp_avg_ipt": alloc.exp_avg_ipt, "exp_avg_unc": alloc.exp_avg_unc}
+
+    def set_state(self, model, state: dict) -> None:
+        alloc = model.base_model.rankallocator
+        model.peft_config[model.active_adapter].rank_pattern = state["rank_pattern"]
+        alloc.ipt, alloc.exp_avg_ipt, alloc.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+
     def step_hook(self, model):
         """Called by the loop after each optimizer step, before gradients are zeroed."""
         return model.base_model.update_and_allocate
