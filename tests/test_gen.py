@@ -185,3 +185,19 @@ def test_plain_text_training_and_a_missing_pad_token(tmp_path, tiny_causal):
                      "--set", "task.temperature=0.7")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.strip().splitlines()) == 8
+
+
+def test_rows_whose_response_is_cut_away_are_skipped(tmp_path, tiny_causal):
+    """A prompt longer than max_length leaves no response token: such rows are skipped with a note (a batch made
+    only of them had no loss and stopped the run as NaN); when none is left, one line and exit 2."""
+    long_prompt = " ".join(["the good film"] * 20)
+    rows = ([{"prompt": long_prompt, "response": "good"}] * 16 + [{"prompt": "the film ?", "response": w}
+                                                                   for w in ["good", "bad"] * 8])
+    data = {"train": write_rows(tmp_path / "t.jsonl", rows), "eval": write_rows(tmp_path / "e.jsonl", rows[16:24])}
+    result = run_cli(*train_args(tiny_causal, data, tmp_path / "run", "--task", "gen", "--max-steps", "4",
+                                 "--set", "train.group_by_length=true"))
+    assert result.exit_code == 0, result.output
+    assert "note: 16 of 32 training rows have no response tokens left within data.max_length=32" in result.output
+    only_long = {"train": write_rows(tmp_path / "l.jsonl", rows[:16]), "eval": data["eval"]}
+    result = run_cli(*train_args(tiny_causal, only_long, tmp_path / "run2", "--task", "gen", "--max-steps", "2"))
+    assert result.exit_code == 2 and "no training row keeps any response token" in result.output, result.output

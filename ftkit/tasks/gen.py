@@ -94,7 +94,25 @@ class Generation:
         return [None] * len(table)  # labels come from the encoding itself
 
     def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool) -> list[dict]:
-        return [{k: v[i] for k, v in enc.items()} for i in idx]
+        """Training drops rows with no token left to learn (a prompt longer than data.max_length cuts the whole
+        response away): a batch of only such rows has no loss (NaN)."""
+        out = [{k: v[i] for k, v in enc.items()} for i in idx]
+        if not training:
+            return out  # evaluation weights each row by its scored tokens; an empty one counts zero
+
+        def scored(f):  # decoder-only: labels align with input_ids and position 0 is never predicted
+            labels = f["labels"][1:] if len(f["labels"]) == len(f["input_ids"]) else f["labels"]
+            return any(t != IGNORE for t in labels)
+
+        kept = [f for f in out if scored(f)]
+        if len(kept) < len(out):
+            print(f"note: {len(out) - len(kept)} of {len(out)} training rows have no response tokens left within "
+                  f"data.max_length={cfg.data.max_length} and are skipped (raise --max-length to keep them)",
+                  file=sys.stderr)
+        if not kept:
+            raise UsageError(f"{cfg.data.train}: no training row keeps any response token within "
+                             f"data.max_length={cfg.data.max_length}; raise --max-length")
+        return kept
 
     def _use_chat(self, tokenizer, cfg) -> bool:
         mode = cfg.task["template"]
