@@ -100,6 +100,10 @@ def train(
         "--trust-remote-code", help="Run code shipped with the checkpoint (off by default).")] = None,
     allow_pickle: Annotated[Optional[bool], typer.Option(
         "--allow-pickle", help="Load pickle weights (pytorch_model.bin), which can run code (off by default).")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="Also log to tensorboard, wandb, mlflow or none "
+                                                           "(comma-separated for several).")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="The run's name in the trackers (default: the run dir's "
+                                                         "name).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run dir from its newest checkpoint (same "
                                               "command, or RUN/ftkit.yaml as the recipe).")] = False,
@@ -122,7 +126,8 @@ def train(
                  "data": {"train": data, "eval": eval_data, "max_length": max_length},
                  "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
                            "grad_accum": grad_accum, "seed": seed, "precision": precision,
-                           "gradient_checkpointing": gradient_checkpointing}}
+                           "gradient_checkpointing": gradient_checkpointing, "run_name": run_name,
+                           "report_to": report_to.split(",") if report_to else None}}
         cfg = config.resolve(recipes.find(recipe) if recipe else None, _drop_none(flags), set_ or [])
         from ftkit.train import train as run_train
 
@@ -259,17 +264,29 @@ def info(
     model: Annotated[str, typer.Argument(help="Built-in model name or checkpoint dir.")] = "minilm",
     task: Annotated[str, typer.Option(help="Task family.")] = "cls",
     method: Annotated[str, typer.Option(help="Fine-tuning method.")] = "lora",
+    quant: Annotated[str, typer.Option(help="none, 8bit or 4bit base.")] = "none",
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per device per step (default: "
+                                                           "train.batch_size).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Tokens per example (default: data.max_length's "
+                                                           "default for the model).")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing",
+                                                                   help="Estimate with activations "
+                                                                        "recomputed.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     set_: Sets = None,
     debug: Debug = False,
 ):
-    """Parameters (total, trainable for the method) and memory footprint of a model."""
+    """Parameters (total, trainable for the method) and an estimate of peak training memory per device: weights,
+    gradients and AdamW state, and the activations of one batch (traced on the architecture, no weights read)."""
 
     def run_():
         from ftkit.info import info as run_info
         from ftkit.report import print_info
 
-        result = run_info(model, task, method, set_ or [])
+        flags = {"task": task, "method": method, "model": {"name": model, "quant": quant},
+                 "data": {"max_length": max_length},
+                 "train": {"batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing}}
+        result = run_info(_drop_none(flags), set_ or [])
         if json_:
             _emit(result, None)
         else:

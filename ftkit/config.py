@@ -66,6 +66,9 @@ class TrainConfig:
                                              "slower (non-reentrant; always on for a quantized base).")
     save_every: int | None = _f(None, "Write a resumable checkpoint every N optimizer steps (and on SIGTERM/SIGINT); "
                                       "default: at every evaluation; 0: only on a signal.")
+    report_to: list[str] = _f(["none"], "Experiment trackers to log to as well: tensorboard (into RUN/tensorboard), "
+                                        "wandb, mlflow, or none; several comma-separated.")
+    run_name: str | None = _f(None, "The run's name in the trackers; default: the run dir's name.")
     keep_checkpoints: int = _f(2, "Resumable checkpoints kept in RUN/checkpoints (the newest ones). A finished run "
                                   "keeps none: its weights are the best evaluation's.")
 
@@ -73,6 +76,7 @@ class TrainConfig:
 DEFAULT_MAX_LENGTH = 128
 PRECISIONS = ("fp32", "bf16", "fp16")
 QUANTS = ("none", "8bit", "4bit")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
 
 @dataclass
@@ -315,6 +319,8 @@ def validate(cfg: Config) -> None:
     _check(t.patience >= 0, "train.patience", t.patience, "an integer >= 0")
     _check(t.save_every is None or t.save_every >= 0, "train.save_every", t.save_every, "an integer >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
+    for tracker in t.report_to:
+        _check(tracker in REPORT_TO, "train.report_to", tracker, " or ".join(REPORT_TO))
     _check(0 < d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
     _check(d.max_length is None or d.max_length > 0, "data.max_length", d.max_length, "an integer > 0")
     task = TASKS.get(cfg.task_name)

@@ -1,15 +1,14 @@
-"""`ftkit info`: parameter counts for a method and the memory the weights and training state take."""
+"""`ftkit info`: parameter counts for a method and an estimate of the memory training takes (ftkit.memory)."""
 
 from __future__ import annotations
 
 from ftkit import config as config_mod
 
 
-def info(model_name: str, task_name: str, method_name: str, sets: list[str]) -> dict:
-    """Built on the meta device: no weights are read, so this is instant even for large checkpoints."""
-    cfg = config_mod.build(config_mod.merge_layers([
-        ("flags", {"task": task_name, "method": method_name, "model": {"name": model_name}}),
-        ("--set", config_mod.parse_set(sets))]))
+def info(flags: dict, sets: list[str]) -> dict:
+    """No weights are read: counts come from the model built on the meta device, activations from a depth-1/2 copy
+    with random weights (ftkit.memory)."""
+    cfg = config_mod.build(config_mod.merge_layers([("flags", flags), ("--set", config_mod.parse_set(sets))]))
     return describe(cfg)
 
 
@@ -18,8 +17,10 @@ def describe(cfg, labels: list[str] | None = None) -> dict:
     from accelerate import init_empty_weights
     from transformers import AutoConfig
 
+    from ftkit import memory
     from ftkit.methods import METHODS, Context
-    from ftkit.models import base_model_path, quiet_libraries
+    from ftkit.models import base_model_path, load_tokenizer, quiet_libraries, \
+        resolve_max_length
     from ftkit.tasks import TASKS
     from ftkit.train import count_params
 
@@ -39,11 +40,17 @@ def describe(cfg, labels: list[str] | None = None) -> dict:
                   total_steps=1000, base_path=str(path))  # the step count only shapes AdaLoRA's schedule
     model = method.apply(model, cfg.method, ctx)
     trainable, total = count_params(model)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    # fp32 gradient + AdamW's two fp32 moments per trainable parameter; activations come on top and depend on
-    # batch size and sequence length.
-    train_state = 12 * trainable
+    weights = memory.weight_bytes(model, cfg.model.quant, ctx.head)
+    train_state = memory.ADAMW_STATE_BYTES * trainable
+    max_length = cfg.data.max_length or resolve_max_length(None, model_config, load_tokenizer(
+        path, cfg.model.trust_remote_code), path)
+    # a quantized base always trains with gradient checkpointing (models.load_for_training)
+    checkpointing = cfg.train.gradient_checkpointing or cfg.model.quant != "none"
+    activations = memory.activation_bytes(cfg, task, method, model_config, max_length, checkpointing)
     return {"model": cfg.model.name, "path": str(path), "task": task.name, "method": method.name,
+            "quant": cfg.model.quant, "precision": cfg.train.precision, "batch_size": cfg.train.batch_size,
+            "max_length": max_length, "gradient_checkpointing": checkpointing,
             "total_params": total, "trainable_params": trainable,
-            "trainable_share": trainable / total, "weights_bytes": weight_bytes,
-            "training_state_bytes": train_state, "weights_plus_training_state_bytes": weight_bytes + train_state}
+            "trainable_share": trainable / total, "weights_bytes": weights,
+            "training_state_bytes": train_state, "activations_bytes": activations,
+            "estimated_peak_bytes": weights + train_state + activations}

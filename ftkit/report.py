@@ -9,13 +9,19 @@ from pathlib import Path
 
 class Reporter:
     """Writes metrics.jsonl and shows progress: a rich bar on a terminal, plain log lines otherwise (CI logs).
-    Only the main process reports (``enabled``); ``quiet`` keeps it to warnings (metrics.jsonl is still written)."""
+    Only the main process reports (``enabled``); ``quiet`` keeps it to warnings (metrics.jsonl is still written).
+    With ``cfg``, the trackers of its ``train.report_to`` get the same records (``train/loss``, ``eval/accuracy``...)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, quiet: bool = False):
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path, enabled: bool = True, quiet: bool = False, cfg=None):
+        self.run_dir, self.path = run_dir, run_dir / "metrics.jsonl"
         self.enabled = enabled
         self.shows = enabled and not quiet
+        self.cfg, self.trackers = cfg, []
         self._progress = None
+
+    def _track(self, values: dict, step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
 
     def _write(self, record: dict) -> None:
         if self.enabled:
@@ -38,6 +44,10 @@ class Reporter:
                   else "no checkpoint to resume from: starting at step 0")
 
     def start(self, total: int, done: int = 0) -> None:
+        if self.enabled and self.cfg is not None:
+            from ftkit import tracking
+
+            self.trackers = tracking.start(self.cfg, self.run_dir, done)
         if not self.shows:
             return
         from rich.console import Console
@@ -54,6 +64,7 @@ class Reporter:
 
     def log(self, record: dict) -> None:
         self._write({"type": "train", **record})
+        self._track({f"train/{k}": v for k, v in record.items() if k != "step"}, record["step"])
         if not self.shows:
             return
         info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['samples_per_s']:.1f} samples/s"
@@ -65,6 +76,7 @@ class Reporter:
     def eval(self, step: int, metrics: dict) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         self._write({"type": "eval", "step": step, **{f"eval_{k}": v for k, v in scalars.items()}})
+        self._track({f"eval/{k}": v for k, v in scalars.items()}, step)
         self.note(f"eval @ step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
 
     def note(self, text: str) -> None:
@@ -81,6 +93,9 @@ class Reporter:
             print(text, file=sys.stderr, flush=True)
 
     def finish(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
         if self._progress:
             self._progress.stop()
             self._progress = None
@@ -185,9 +200,13 @@ def print_info(info: dict) -> None:
     table.add_row("task / method", f"{info['task']} / {info['method']}")
     table.add_row("parameters", f"{info['total_params']:,}")
     table.add_row("trainable", f"{info['trainable_params']:,} ({100 * info['trainable_share']:.2f}%)")
-    table.add_row("weights in memory", _human_bytes(info["weights_bytes"]))
+    table.add_row("weights in memory" + (f" ({info['quant']})" if info["quant"] != "none" else ""),
+                  _human_bytes(info["weights_bytes"]))
     table.add_row("+ gradients and AdamW state", _human_bytes(info["training_state_bytes"]))
-    table.add_row("training total (before activations)", _human_bytes(info["weights_plus_training_state_bytes"]))
+    table.add_row(f"+ activations (batch {info['batch_size']} x {info['max_length']} tokens, {info['precision']}"
+                  + (", checkpointed" if info["gradient_checkpointing"] else "") + ")",
+                  _human_bytes(info["activations_bytes"]))
+    table.add_row("estimated peak training memory", _human_bytes(info["estimated_peak_bytes"]))
     Console().print(table)
 
 

@@ -42,7 +42,8 @@ def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
     """A run is resumed with the settings it started with; anything else would not be the same run."""
     saved = _flat(config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml")).to_dict())
     now = _flat(cfg.to_dict())
-    for key in sorted((set(saved) | set(now)) - {"output"}):  # the run dir may have been moved
+    # the run dir may have been moved; where it is logged to does not change the run
+    for key in sorted((set(saved) | set(now)) - {"output", "train.report_to", "train.run_name"}):
         if saved.get(key) != now.get(key):
             raise UsageError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {run_dir}/ftkit.yaml;"
                              f" resume with the run's own settings: ftkit train {run_dir}/ftkit.yaml --resume")
@@ -110,6 +111,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from ftkit import tracking
     from ftkit.checkpoint import Checkpointer
     from ftkit.distributed import check_ranks_agree, check_scale_out
     from ftkit.loop import plan_steps, train_loop
@@ -120,6 +122,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
 
     check_scale_out(cfg)
     check_quant_training(cfg)
+    tracking.check(cfg)
     base_config, base_tokenizer, max_length = check_base_model(cfg, task)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=max_length))
     if dry_run:
@@ -162,7 +165,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         run_dir.mkdir(parents=True)
         config_mod.dump_yaml(cfg, run_dir / "ftkit.yaml")
     accelerator.wait_for_everyone()
-    reporter = Reporter(run_dir, enabled=main, quiet=quiet)
+    reporter = Reporter(run_dir, enabled=main, quiet=quiet, cfg=cfg)
     reporter.note(f"{cfg.task_name}/{cfg.method_name} on {cfg.model.name}: {len(train_features)} train / "
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")

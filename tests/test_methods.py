@@ -27,6 +27,16 @@ def test_adalora_reallocates_ranks(tiny_model, sentiment, tmp_path):
     assert len(kept) == 4 and all(len(mask) == 12 for mask in pattern.values())  # init_r=12 per module
     # pruned from init_r=12 towards the budget of r=8 on average (peft's threshold keeps ties, so about 32)
     assert 4 * 8 <= sum(kept) < 4 * 12
+    # the pruned adapter reloads to the model training evaluated (and without peft's rank_pattern warning)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = run_cli("eval", tmp_path / "run", "--data", sentiment["eval"], "--output", tmp_path / "m.json")
+    assert again.exit_code == 0, again.output
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]
+    assert json.loads((tmp_path / "m.json").read_text())["loss"] == pytest.approx(trained["loss"], abs=1e-5)
+    assert not [w for w in caught if "rank_pattern" in str(w.message)]
 
 
 def test_adalora_without_the_step_hook_is_plain_lora(tiny_model, sentiment, tmp_path, monkeypatch):
