@@ -353,5 +353,16 @@ def dump_yaml(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``; ``data.columns`` stays one value (a mapping)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "columns":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def field_help(cls) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

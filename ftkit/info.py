@@ -19,8 +19,7 @@ def describe(cfg, labels: list[str] | None = None) -> dict:
 
     from ftkit import memory
     from ftkit.methods import METHODS, Context
-    from ftkit.models import base_model_path, load_tokenizer, quiet_libraries, \
-        resolve_max_length
+    from ftkit.models import base_model_path, load_tokenizer, quiet_libraries, resolve_max_length
     from ftkit.tasks import TASKS
     from ftkit.train import count_params
 

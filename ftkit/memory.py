@@ -1,12 +1,12 @@
-"""Training memory: what a run will need (the estimate `ftkit info` and `--dry-run` print), and keeping CPU runs
-from needing more than that.
+"""Training memory: what a run will need per device (the estimate `ftkit info` and `train --dry-run` print).
 
 The estimate adds, per device: the weights (quantized linear layers at 1 or ~0.5 byte per weight), a fp32 gradient
 and AdamW's two fp32 moments per trainable parameter, and the activations autograd keeps for the backward pass.
 Activations are not guessed from a formula: the architecture itself runs one forward pass at full sequence length
-with the method applied, at depth 1 and depth 2 (random weights, two rows, one of them padded so the attention
-mask is used), and every tensor autograd saves is counted once. Depth 2 minus depth 1 is one layer; the rest
-(embeddings, head, loss) is fixed; both scale with the batch size. With gradient checkpointing only the layer
+with the method applied, at depth 1 and 2 and with 2 and 4 rows (random weights; one row padded so the attention
+mask is used), and every tensor autograd saves is counted once. Depth 2 minus depth 1 is one layer, the rest
+(embeddings, head, loss) is fixed; 4 rows minus 2 is what grows with the batch, the rest (e.g. autocast's weight
+copies) does not. With gradient checkpointing only the layer
 inputs are kept, plus one layer's activations while it is recomputed. The backward pass adds a working set of
 three times the largest saved tensor. Checked against measured peaks in tests/test_memory.py.
 """

@@ -207,6 +207,9 @@ def print_info(info: dict) -> None:
                   + (", checkpointed" if info["gradient_checkpointing"] else "") + ")",
                   _human_bytes(info["activations_bytes"]))
     table.add_row("estimated peak training memory", _human_bytes(info["estimated_peak_bytes"]))
+    if info["quant"] != "none":
+        table.add_row("note", "bitsandbytes' own kernel buffers are not included (on CPU they measured as much "
+                              "again for minilm 8bit: README)")
     Console().print(table)
 
 

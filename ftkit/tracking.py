@@ -36,17 +36,10 @@ def run_name(cfg) -> str:
 
 def hparams(cfg) -> dict:
     """The resolved config, flattened to the scalar key/values every tracker accepts (``train.lr``...)."""
-    out = {}
+    from ftkit.config import flatten
 
-    def walk(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif v is not None:
-                out[prefix + k] = v if isinstance(v, (bool, int, float, str)) else str(v)
-
-    walk(cfg.to_dict(), "")
-    return out
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in flatten(cfg.to_dict()).items() if v is not None}
 
 
 def start(cfg, run_dir: Path, resumed_at: int) -> list:

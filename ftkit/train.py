@@ -40,23 +40,13 @@ def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
 
 def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
     """A run is resumed with the settings it started with; anything else would not be the same run."""
-    saved = _flat(config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml")).to_dict())
-    now = _flat(cfg.to_dict())
+    saved = config_mod.flatten(config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml")).to_dict())
+    now = config_mod.flatten(cfg.to_dict())
     # the run dir may have been moved; where it is logged to does not change the run
     for key in sorted((set(saved) | set(now)) - {"output", "train.report_to", "train.run_name"}):
         if saved.get(key) != now.get(key):
             raise UsageError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {run_dir}/ftkit.yaml;"
                              f" resume with the run's own settings: ftkit train {run_dir}/ftkit.yaml --resume")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "columns":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def encode_cached(task, tokenizer, model_config, table: Table, spec: str, cfg) -> dict[str, list[list[int]]]:
@@ -182,6 +172,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                                               "stopped_early": result.stopped_early, "train_rows": len(train_features),
                                               "eval_rows": len(eval_features), "trainable_params": trainable,
                                               "total_params": total}}
+    if torch.cuda.is_available():
+        summary["train"]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     if main:
         unwrapped = accelerator.unwrap_model(model)
         for f in result.best_weights.iterdir():  # the best weights become the run's weights

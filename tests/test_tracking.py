@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,8 +79,10 @@ def test_bad_tracker_is_refused_before_loading(tmp_path, tiny_model, sentiment, 
 
 
 def test_resumed_run_logs_each_step_once(tmp_path, tiny_model, sentiment):
-    """Checkpointed at step 30, killed after logging step 40, resumed: TensorBoard shows each step once (the killed
-    run's steps 31-40 replaced by the resumed run's), equal to metrics.jsonl."""
+    """A run that logged steps after its last usable checkpoint (30), then resumed: TensorBoard shows each step once
+    (the lost steps replaced by the resumed run's), equal to metrics.jsonl. Stopped by SIGTERM once step 40 is
+    logged, its own newest checkpoint then removed, so the event files end on whole records (as after SIGKILL at
+    step 40, without the timing)."""
     out = tmp_path / "run"
     args = [str(a) for a in train_args(tiny_model, sentiment, out, "--max-steps", "60", "--report-to", "tensorboard",
                                        "--set", "train.log_every=1", "--set", "train.save_every=30")]
@@ -89,10 +93,12 @@ def test_resumed_run_logs_each_step_once(tmp_path, tiny_model, sentiment):
     while "step 40/60" not in log.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.005)
-    proc.kill()
-    proc.wait()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()
+    (stopped,) = [p for p in (out / "checkpoints").glob("step-*") if p.name != "step-00000030"]
+    shutil.rmtree(stopped)
     before = [step for step, _ in events(out / "tensorboard" / "run")["train/loss"]]
-    assert before[:40] == list(range(1, 41)), before
+    assert before == list(range(1, int(stopped.name[5:]) + 1)) and len(before) >= 40, before
     result = run_cli(*args, "--resume")
     assert result.exit_code == 0, result.output
     assert "resumed from" in result.output and "step-00000030" in result.output, result.output
