@@ -43,7 +43,7 @@ class DataConfig:
     format: str = _f("auto", "gen only: pairs (prompt/response), chat (messages) or text; auto picks from the "
                              "columns.")
     max_length: int | None = _f(None, "Truncate tokenized inputs to this many tokens; default 128, or the model's "
-                                      "position limit when lower.")
+                                      "position limit (less prompt/prefix virtual tokens) when lower.")
 
 
 @dataclass

@@ -16,7 +16,7 @@ def settings(loaded, sets: list[str]) -> config_mod.Config:
     base = loaded.cfg.to_dict() if loaded.cfg else {"task": loaded.task.name}
     base.pop("output", None)
     cfg = config_mod.build(config_mod.merge_layers([("run config", base), ("--set", config_mod.parse_set(sets))]))
-    max_length = resolve_max_length(cfg.data.max_length, loaded.model.config, loaded.tokenizer, loaded.path)
+    max_length = resolve_max_length(cfg, loaded.model.config, loaded.tokenizer, loaded.path)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=max_length))
 
 

@@ -41,11 +41,10 @@ def describe(cfg, labels: list[str] | None = None) -> dict:
     trainable, total = count_params(model)
     weights = memory.weight_bytes(model, cfg.model.quant, ctx.head)
     train_state = memory.ADAMW_STATE_BYTES * trainable
-    max_length = cfg.data.max_length or resolve_max_length(None, model_config, load_tokenizer(
-        path, cfg.model.trust_remote_code), path)
+    max_length = resolve_max_length(cfg, model_config, load_tokenizer(path, cfg.model.trust_remote_code), path)
     # a quantized base always trains with gradient checkpointing (models.load_for_training)
     checkpointing = cfg.train.gradient_checkpointing or cfg.model.quant != "none"
-    activations = memory.activation_bytes(cfg, task, method, model_config, max_length, checkpointing)
+    activations = memory.activation_bytes(cfg, task, method, model_config, ctx, max_length, checkpointing)
     return {"model": cfg.model.name, "path": str(path), "task": task.name, "method": method.name,
             "quant": cfg.model.quant, "precision": cfg.train.precision, "batch_size": cfg.train.batch_size,
             "max_length": max_length, "gradient_checkpointing": checkpointing,

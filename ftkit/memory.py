@@ -55,12 +55,11 @@ def _saved_bytes(model, batch: dict, autocast_dtype) -> tuple[int, int]:
     return sum(seen.values()), max(seen.values(), default=0)
 
 
-def activation_bytes(cfg, task, method, model_config, max_length: int, checkpointing: bool) -> int:
+def activation_bytes(cfg, task, method, model_config, ctx, max_length: int, checkpointing: bool) -> int:
     """Activations autograd keeps for one micro-batch of ``cfg.train.batch_size`` rows of ``max_length`` tokens,
-    plus the backward pass's working set (see the module docstring)."""
+    plus the backward pass's working set (see the module docstring). ``ctx``: the method's Context for the full
+    model (the shallow copies have the same head and task type)."""
     import torch
-
-    from ftkit.methods import Context
 
     ids = [5] * max_length
     labels = 0 if task.name == "cls" else [0] * max_length
@@ -71,10 +70,7 @@ def activation_bytes(cfg, task, method, model_config, max_length: int, checkpoin
     def trace(layers: int, rows: int, ckpt: bool) -> tuple[int, int]:
         config = _shallow(model_config, layers) if real_depth else model_config
         torch.manual_seed(0)
-        model = task.model_class(config).from_config(config)
-        ctx = Context(head=task.head_modules(model), peft_task_type=task.peft_task_type(config), total_steps=1000,
-                      base_path="")
-        model = method.apply(model, cfg.method, ctx)
+        model = method.apply(task.model_class(config).from_config(config), cfg.method, ctx)
         if ckpt:
             model.activation_checkpointing_enable({"use_reentrant": False})
             model.enable_input_require_grads()

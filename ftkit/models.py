@@ -90,22 +90,30 @@ def check_base_model(cfg, task):
         raise UsageError(f"{path}: a {model_config.model_type!r} checkpoint has no {auto.__name__} architecture, "
                          f"so it cannot be trained for task {task.name!r}; pick a model made for it")
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
-    return model_config, tokenizer, resolve_max_length(cfg.data.max_length, model_config, tokenizer, path)
+    return model_config, tokenizer, resolve_max_length(cfg, model_config, tokenizer, path)
 
 
-def resolve_max_length(requested: int | None, model_config, tokenizer, where) -> int:
-    """data.max_length for this model: the default (128, or the model's position limit when lower), or the
-    requested value if the model can take it."""
+def resolve_max_length(cfg, model_config, tokenizer, where) -> int:
+    """data.max_length for this model and method: the default (128, or what the model's positions leave when
+    lower), or the requested value if the model can take it. The virtual tokens of prompt/prefix tuning occupy
+    positions in front of the input."""
     from ftkit.config import DEFAULT_MAX_LENGTH
+    from ftkit.methods import positions_taken
 
+    requested, reserved = cfg.data.max_length, positions_taken(cfg)
     limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
     limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
     limit = min(limits, default=None)  # None: unbounded (relative positions)
+    room = None if limit is None else limit - reserved
+    if room is not None and room < 1:
+        raise UsageError(f"{where} has {limit} positions, all taken by the {reserved} virtual tokens of method "
+                         f"{cfg.method_name!r}; lower method.num_virtual_tokens")
     if requested is None:
-        return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
-    if limit is not None and requested > limit:
-        raise UsageError(f"config key 'data.max_length': got {requested}, but {where} has {limit} positions; "
-                         f"use --max-length {limit} or less")
+        return min(DEFAULT_MAX_LENGTH, room or DEFAULT_MAX_LENGTH)
+    if room is not None and requested > room:
+        taken = f", {reserved} of them taken by the virtual tokens of method {cfg.method_name!r}" if reserved else ""
+        raise UsageError(f"config key 'data.max_length': got {requested}, but {where} has {limit} positions{taken}; "
+                         f"use --max-length {room} or less")
     return requested
 
 

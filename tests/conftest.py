@@ -99,6 +99,22 @@ def cli():
     return run_cli
 
 
+def fail_at_evaluation(monkeypatch, n: int) -> None:
+    """The n-th evaluation of the next in-process run raises (a power cut): the run stops after the checkpoints
+    written so far. ``monkeypatch.undo()`` restores evaluation."""
+    import ftkit.loop
+
+    real, calls = ftkit.loop.evaluate, {"n": 0}
+
+    def power_cut(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("power cut")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ftkit.loop, "evaluate", power_cut)
+
+
 def train_args(model: Path, data: dict, out: Path, *extra: str) -> list[str]:
     return ["train", "--model", model, "--data", data["train"], "--eval-data", data["eval"], "--output", out,
             "--batch-size", "16", "--max-length", "32", "--lr", "5e-3", *extra]

@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli, sentiment_rows, train_args, write_rows
+from conftest import fail_at_evaluation, run_cli, sentiment_rows, train_args, write_rows
 from ftkit import config
 from ftkit.data import read_table
 from ftkit.errors import UsageError
@@ -88,6 +89,10 @@ CONFIG_CASES = [
     (["--lr", "-1"], "config key 'train.lr': got -1.0, expected a number > 0"),
     (["--set", "method.r=0"], "config key 'method.r': got 0, expected an integer >= 1"),
     (["--max-length", "100"], "config key 'data.max_length': got 100, but"),  # the tiny model has 64 positions
+    (["--method", "prompt", "--max-length", "64"], "got 64, but {model} has 64 positions, 20 of them taken by the "
+                                                   "virtual tokens of method 'prompt'; use --max-length 44 or less"),
+    (["--method", "prefix", "--set", "method.num_virtual_tokens=64"], "{model} has 64 positions, all taken by the "
+                                                                      "64 virtual tokens of method 'prefix'"),
     (["--method", "prefix", "--quant", "8bit"], "method 'prefix' cannot train on a quantized base"),
     (["--method", "full", "--quant", "8bit"], "method 'full' cannot train a 8bit quantized base"),
     (["--task", "gen", "--method", "head"], "method 'head' needs a task with a new head"),
@@ -110,8 +115,23 @@ def test_bad_config_is_refused_before_loading(extra, expected, tiny_model, senti
     if "--max-length" in extra:
         args = args[:args.index("--max-length")] + args[args.index("--max-length") + 2:]
     result = run_cli(*args, *extra)
-    assert result.exit_code == 2 and expected in result.output, result.output
+    assert result.exit_code == 2 and expected.format(model=tiny_model) in result.output, result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_virtual_tokens_leave_room_in_the_default_max_length(method, tiny_model, tmp_path):
+    """Prompt/prefix tuning put 20 virtual tokens in front of the input: on a 64-position model the default
+    max_length is 44, so rows longer than the model trains (and `info` estimates) instead of crashing."""
+    rows = [{"text": " ".join(["the good film"] * 40), "label": ["positive", "negative"][i % 2]} for i in range(16)]
+    data = write_rows(tmp_path / "long.jsonl", rows)
+    result = run_cli("train", "--model", tiny_model, "--data", data, "--method", method, "--max-steps", "2",
+                     "--batch-size", "8", "--output", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "run" / "ftkit.yaml").read_text())["data"]["max_length"] == 44
+    assert run_cli("eval", tmp_path / "run", "--data", data).exit_code == 0
+    info = run_cli("info", tiny_model, "--method", method, "--json")
+    assert info.exit_code == 0 and json.loads(info.stdout)["max_length"] == 44, info.output
 
 
 # --------------------------------------------------------------------------------------------- bad models
@@ -216,17 +236,7 @@ def test_a_pickled_object_in_a_checkpoint_is_not_loaded(tiny_model, sentiment, t
     """Checkpoint state is read with weights_only=True: a file carrying arbitrary Python objects is skipped."""
     import torch
 
-    import ftkit.loop
-
-    real, calls = ftkit.loop.evaluate, {"n": 0}
-
-    def power_cut_at_the_third_evaluation(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("power cut")
-        return real(*a, **k)
-
-    monkeypatch.setattr(ftkit.loop, "evaluate", power_cut_at_the_third_evaluation)
+    fail_at_evaluation(monkeypatch, 3)
     out = tmp_path / "run"
     args = train_args(tiny_model, sentiment, out, "--max-steps", "8", "--set", "train.eval_every=2")
     assert run_cli(*args).exit_code == 1

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, train_args
+from conftest import fail_at_evaluation, run_cli, train_args
 
 # 10 epochs x 10 steps; evaluations (every 5 steps) and checkpoints (every 3) fall on different steps; LoRA dropout
 # is on (0.1 by default), so the RNG states must be restored too
@@ -159,22 +159,12 @@ def test_the_same_command_twice_gives_identical_metrics(tiny_model, sentiment, t
 
 def test_adalora_resumes_its_budget_allocation_exactly(tiny_model, sentiment, tmp_path, monkeypatch):
     """AdaLoRA keeps importance scores outside its weights; a resumed run must carry them on."""
-    import ftkit.loop
-
     common = ["--method", "adalora", "--max-steps", "40", "--set", "train.eval_every=10",
               "--set", "method.tinit=4", "--set", "method.tfinal=8", "--set", "method.delta_t=2"]
     reference = tmp_path / "reference"
     assert run_cli(*args(tiny_model, sentiment, reference, *common)).exit_code == 0
 
-    real, calls = ftkit.loop.evaluate, {"n": 0}
-
-    def power_cut_at_the_third_evaluation(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("power cut")
-        return real(*a, **k)
-
-    monkeypatch.setattr(ftkit.loop, "evaluate", power_cut_at_the_third_evaluation)
+    fail_at_evaluation(monkeypatch, 3)
     out = tmp_path / "run"
     assert run_cli(*args(tiny_model, sentiment, out, *common)).exit_code == 1
     monkeypatch.undo()

@@ -39,6 +39,13 @@ class Context:
 
 METHODS: Registry[Method] = Registry("method")
 
+
+def positions_taken(cfg) -> int:
+    """Positions the method's virtual tokens occupy in front of the input (a method says so with
+    ``virtual_tokens(params)``; prompt and prefix tuning do)."""
+    method = METHODS.get(cfg.method_name)
+    return method.virtual_tokens(cfg.method) if hasattr(method, "virtual_tokens") else 0
+
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")

@@ -34,6 +34,9 @@ class Prompt:
             raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
                              "expected an integer >= 1")
 
+    def virtual_tokens(self, params: dict) -> int:
+        return params["num_virtual_tokens"]
+
     def apply(self, model, params: dict, ctx):
         from peft import PromptTuningConfig, PromptTuningInit
 
