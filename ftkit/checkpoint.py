@@ -93,6 +93,7 @@ class Checkpointer:
             _fresh_tmp(final)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every rank's files are in tmp before the main one renames it
         if acc.is_main_process:
             import torch
 
