@@ -246,16 +246,67 @@ def export(
                                                         "checkpoint (the default).")] = False,
     adapter_only: Annotated[bool, typer.Option("--adapter-only", help="Copy only the PEFT adapter (+ tokenizer, "
                                                                       "label maps).")] = False,
+    format_: Annotated[str, typer.Option("--format", help="hf (a transformers checkpoint) or onnx (cls/tag: merged, "
+                                                          "dynamic batch and sequence axes, verified against "
+                                                          "PyTorch).")] = "hf",
+    int8: Annotated[bool, typer.Option("--int8", help="onnx: also write model.int8.onnx (dynamic int8 "
+                                                      "quantization; compare with `ftkit eval`).")] = False,
     debug: Debug = False,
 ):
-    """Export a run as a plain checkpoint (merged) or as its adapter alone."""
+    """Export a run as a plain checkpoint (merged), as its adapter alone, or as ONNX for deployment."""
 
     def run_():
         if merge and adapter_only:
             raise UsageError("export: --merge and --adapter-only exclude each other")
         from ftkit.export import export as run_export
 
-        typer.echo(f"exported to {run_export(run, output, adapter_only=adapter_only)}")
+        out = run_export(run, output, adapter_only=adapter_only, fmt=format_, int8=int8)
+        if format_ == "onnx":
+            check = json.loads((out / "onnx.json").read_text())["verification"]
+            typer.echo(f"verified: onnxruntime logits within {check['max_abs_diff']:.2g} of PyTorch's on "
+                       f"{len(check['verified_shapes'])} input shapes (allowed {check['atol']} + {check['rtol']} x "
+                       "|logit|)")
+            if "int8" in check:
+                q = check["int8"]
+                typer.echo(f"int8: {q['file']}, logits within {q['max_abs_diff']:.2g} of fp32's, same prediction "
+                           f"for {100 * q['same_prediction']:.1f}% of the sample outputs")
+        typer.echo(f"exported to {out}")
+
+    _guard(run_, debug)
+
+
+@app.command()
+def sweep(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML file or shipped recipe name; every trial starts from "
+                                               "it.")],
+    param: Annotated[list[str], typer.Option("--param", help="KEY=V1,V2,...: values to try for a config key (or "
+                                                             "lr, epochs, batch_size, max_length, method, ...); "
+                                                             "repeatable.")],
+    output: Annotated[str, typer.Option(help="Sweep directory: one run dir per trial, the leaderboard, "
+                                             "best.yaml.")],
+    strategy: Annotated[str, typer.Option(help="grid (every combination) or random (--trials of them).")] = "grid",
+    trials: Annotated[Optional[int], typer.Option(help="How many trials (random: default 8; grid: the first N "
+                                                       "combinations).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for drawing the random trials.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Finish a half-done sweep in --output (same arguments).")] = False,
+    set_: Sets = None,
+    debug: Debug = False,
+):
+    """Hyper-parameter search: train one run per combination, then rank them by the task's main metric
+    (SWEEP/leaderboard.md) and save the best config as a recipe (SWEEP/best.yaml)."""
+
+    def run_():
+        from ftkit import recipes
+        from ftkit import sweep as sw
+
+        recipes.find(recipe)  # a bad name fails before anything else
+        params = sw.parse_params(param)
+        plan = sw.Plan(recipe=recipe, params=params, strategy=strategy,
+                       trials=sw.plan_trials(params, strategy, trials, seed), sets=set_ or [], seed=seed)
+        rows = sw.run_sweep(plan, Path(output), resume, typer.echo)
+        typer.echo(sw.render(rows, plan))
+        if rows and rows[0]["status"] == "done":
+            typer.echo(f"best: {rows[0]['trial']}; its config: {Path(output) / 'best.yaml'}")
 
     _guard(run_, debug)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ftkit.errors import UsageError
 
-FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".conll", ".iob", ".bio")
+FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".conll", ".iob", ".bio", ".txt")
 
 
 @dataclass
@@ -169,7 +169,29 @@ def _read_conll(path: Path) -> Table:
     return Table(str(path), {"tokens": tokens, "tags": tags} if tokens else {}, where)
 
 
+def _read_txt(path: Path) -> Table:
+    """Raw text (for mlm, or gen's plain-text mode): one document per line; or, when the file has blank lines,
+    blank-line-separated paragraphs (a paragraph's lines joined by spaces). Gives the column ``text``."""
+    lines = [line.strip() for line in _text(path).splitlines()]
+    filled = [n for n, line in enumerate(lines) if line]
+    paragraphs = bool(filled) and "" in lines[filled[0]:filled[-1]]  # a blank line between two text lines
+    docs, where, cur, start = [], [], [], 0
+    for n, line in enumerate(lines + [""], 1):
+        if line:
+            if not cur:
+                start = n
+            cur.append(line)
+            if paragraphs:
+                continue
+        if cur:
+            docs.append(" ".join(cur))
+            where.append(f"line {start}")
+            cur = []
+    return Table(str(path), {"text": docs} if docs else {}, where)
+
+
 _READERS = {
+    ".txt": _read_txt,
     ".conll": _read_conll,
     ".iob": _read_conll,
     ".bio": _read_conll,

@@ -12,7 +12,7 @@ def summary(cfg, task, model_config, tokenizer, table, targets, labels: list[str
     """``model_config``/``tokenizer``: the base checkpoint's, as ``models.check_base_model`` read them."""
     from ftkit.info import describe
 
-    # untruncated lengths: how much data.max_length would cut
+    # uncut lengths (one window per row for mlm): how many rows data.max_length would cut
     uncut = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=10**6))
     ids = task.encode(tokenizer, table, uncut, model_config)["input_ids"]
     lengths = sorted(len(ids[i]) for i in train_idx)
@@ -20,7 +20,7 @@ def summary(cfg, task, model_config, tokenizer, table, targets, labels: list[str
            "length_tokens": {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (50, 90, 99)}
            | {"max": lengths[-1]},
            "max_length": cfg.data.max_length,
-           "truncated_rows": sum(n > cfg.data.max_length for n in lengths),
+           "long_rows": sum(n > cfg.data.max_length for n in lengths), "long_rows_are": task.long_rows,
            "model": describe(cfg, labels or None)}
     if task.labelled:
         counts = Counter()

@@ -1,4 +1,4 @@
-"""`ftkit export`: a merged plain transformers checkpoint, or the PEFT adapter alone."""
+"""`ftkit export`: a merged plain transformers checkpoint, the PEFT adapter alone, or ONNX (see onnx_export)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,27 @@ def check_output(output: str) -> Path:
     return out
 
 
-def export(run: str, output: str, adapter_only: bool = False) -> Path:
-    """Write the export to a temporary sibling dir, then rename it into place (never half-written)."""
+def export(run: str, output: str, adapter_only: bool = False, fmt: str = "hf", int8: bool = False) -> Path:
+    """Write the export to a temporary sibling dir, then rename it into place (never half-written).
+    ``fmt``: hf (a transformers checkpoint, or the adapter alone) or onnx (merged, verified; ``int8`` adds a
+    dynamically quantized copy)."""
     from ftkit.methods import METHODS
     from ftkit.models import load_trained
 
+    if fmt not in ("hf", "onnx"):
+        raise UsageError(f"--format {fmt}: expected hf or onnx")
+    if fmt == "onnx" and adapter_only:
+        raise UsageError("export: --adapter-only exports the PEFT adapter; ONNX needs the merged model (--merge)")
+    if int8 and fmt != "onnx":
+        raise UsageError("export: --int8 quantizes an ONNX export; add --format onnx")
+    if fmt == "onnx":
+        from ftkit.onnx_export import check_available
+
+        check_available()
     out = check_output(output)
     loaded = load_trained(run, quant="none")  # merge into a full-precision base, never into k-bit weights
+    if fmt == "onnx" and not loaded.task.onnx:
+        raise UsageError(f"{run}: ONNX export covers cls and tag models; task {loaded.task.name!r} is not one")
     is_adapter = (loaded.path / "adapter_config.json").is_file()
     if adapter_only and not is_adapter:
         raise UsageError(f"{run}: has no adapter (method {loaded.cfg.method_name if loaded.cfg else 'full'}); "
@@ -33,8 +47,9 @@ def export(run: str, output: str, adapter_only: bool = False) -> Path:
     if is_adapter and not adapter_only and loaded.cfg is not None:
         method = METHODS.get(loaded.cfg.method_name)
         if not method.mergeable:
+            fix = "it cannot be exported to ONNX" if fmt == "onnx" else "use --adapter-only"
             raise UsageError(f"{run}: method {method.name} adds virtual tokens and cannot be merged into the base "
-                             "weights; use --adapter-only")
+                             f"weights; {fix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -45,7 +60,12 @@ def export(run: str, output: str, adapter_only: bool = False) -> Path:
             shutil.copy2(loaded.path / "config.json", tmp / "config.json")
         else:
             model = loaded.model.merge_and_unload() if is_adapter else loaded.model
-            model.save_pretrained(tmp)
+            if fmt == "onnx":
+                from ftkit.onnx_export import export_onnx
+
+                export_onnx(model, loaded, tmp, int8)
+            else:
+                model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         if out.exists():
             out.rmdir()  # empty (checked above)

@@ -55,15 +55,25 @@ def _saved_bytes(model, batch: dict, autocast_dtype) -> tuple[int, int]:
     return sum(seen.values()), max(seen.values(), default=0)
 
 
+class _StandIn:
+    """What the collators need of a tokenizer, for random-weight traces."""
+
+    pad_token_id, mask_token_id = 0, 4
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+
 def activation_bytes(cfg, task, method, model_config, ctx, max_length: int, checkpointing: bool) -> int:
     """Activations autograd keeps for one micro-batch of ``cfg.train.batch_size`` rows of ``max_length`` tokens,
     plus the backward pass's working set (see the module docstring). ``ctx``: the method's Context for the full
     model (the shallow copies have the same head and task type)."""
     import torch
 
-    ids = [5] * max_length
-    labels = 0 if task.name == "cls" else [0] * max_length
-    collate = task.collator(type("Tokenizer", (), {"pad_token_id": 0})())
+    collate = task.collator(_StandIn(model_config.vocab_size), cfg)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
     real_depth = depth(model_config)
 
@@ -76,8 +86,7 @@ def activation_bytes(cfg, task, method, model_config, ctx, max_length: int, chec
             model.enable_input_require_grads()
         model.train()
         # the last row one token short: padding, so the attention mask is in play as in real batches
-        batch = collate([{"input_ids": ids, "labels": labels}] * (rows - 1)
-                        + [{"input_ids": ids[:-1], "labels": labels if task.name == "cls" else labels[:-1]}])
+        batch = collate([task.example(max_length)] * (rows - 1) + [task.example(max_length - 1)])
         return _saved_bytes(model, batch, autocast)
 
     def saved(ckpt: bool) -> tuple[float, int]:

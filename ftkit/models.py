@@ -50,11 +50,47 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
 
 
 def base_model_path(name: str) -> Path:
+    """The checkpoint to train from: a built-in model, a checkpoint dir, or a finished run dir (an adapter run is
+    merged into its base first, e.g. to fine-tune after domain-adaptive MLM pre-training)."""
     path = catalog.resolve_model(name)
-    if (path / "adapter_config.json").exists():
-        raise UsageError(f"{name}: is an adapter run dir, not a base model; export it with "
-                         f"`ftkit export {name} --merge --output DIR` and train from DIR")
-    return path
+    if not (path / "adapter_config.json").exists():
+        return path
+    if not (path / "ftkit.yaml").is_file():
+        raise UsageError(f"{name}: is a bare adapter, not a base model; train from the run dir it came from, or "
+                         f"merge it into its base (`ftkit export RUN --merge --output DIR`) and train from DIR")
+    return merged_run(path)
+
+
+def merged_run(run: Path) -> Path:
+    """A finished adapter run dir merged into a full-precision copy of its base, cached by the adapter's content.
+    Concurrent ranks each write their own copy and the first rename wins."""
+    import hashlib
+    import os
+    import shutil
+
+    from ftkit import config as config_mod
+    from ftkit.export import export
+    from ftkit.methods import METHODS
+
+    if not (run / "metrics.json").is_file():
+        raise UsageError(f"{run}: training did not finish in this run dir (no metrics.json); nothing to train from")
+    method = METHODS.get(config_mod.build(config_mod.load_yaml(run / "ftkit.yaml")).method_name)
+    if not method.mergeable:
+        raise UsageError(f"{run}: method {method.name} adds virtual tokens and cannot be merged into its base, so "
+                         "the run cannot be a base model; pre-train with lora, dora, ia3 or full")
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "config.json"):
+        digest.update((run / name).read_bytes())
+    out = catalog.cache_dir() / "merged" / digest.hexdigest()[:24]
+    if not (out / "config.json").is_file():
+        mine = out.with_name(f"{out.name}.{os.getpid()}")
+        shutil.rmtree(mine, ignore_errors=True)
+        export(str(run), str(mine))
+        try:
+            os.replace(mine, out)
+        except OSError:  # another process got there first
+            shutil.rmtree(mine, ignore_errors=True)
+    return out
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -212,6 +248,10 @@ def load_trained(name: str, task_name: str | None = None, quant: str | None = No
     from ftkit.methods import METHODS
     from ftkit.tasks import TASKS
 
+    from ftkit.onnx_model import load_onnx, onnx_file
+
+    if onnx_file(name):
+        return load_onnx(onnx_file(name), task_name, quant)
     if quant is not None:
         check_quant_available(quant)
     path = catalog.resolve_model(name) if not Path(name).is_dir() else Path(name)

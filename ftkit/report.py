@@ -102,12 +102,18 @@ class Reporter:
 
 
 def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, seconds: float, n_train: int,
-               n_eval: int, adapter: bool, auto_class: str, labelled: bool) -> str:
+               n_eval: int, adapter: bool, auto_class: str, labelled: bool, hub_task: str) -> str:
     """The run dir's README.md: what was trained, on what, how well, and how to load it without ftkit."""
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scalars.items())
-    if adapter:  # AutoModelForX -> AutoPeftModelForX; the base weights path is in adapter_config.json
-        peft_class = auto_class.replace("AutoModel", "AutoPeftModel", 1)
+    import peft
+
+    peft_class = auto_class.replace("AutoModel", "AutoPeftModel", 1)
+    if adapter and not hasattr(peft, peft_class):  # e.g. masked LM: the base model, then the adapter over it
+        load = (f"from peft import PeftConfig, PeftModel\nfrom transformers import {auto_class}\n"
+                f"base = {auto_class}.from_pretrained(PeftConfig.from_pretrained(RUN_DIR).base_model_name_or_path)\n"
+                "model = PeftModel.from_pretrained(base, RUN_DIR)")
+    elif adapter:  # AutoModelForX -> AutoPeftModelForX; the base weights path is in adapter_config.json
         load = f"from peft import {peft_class}\n"
         if labelled:  # the base's config has no label maps: pass the run's (config.json)
             load += ("from transformers import AutoConfig\nlabels = AutoConfig.from_pretrained(RUN_DIR)\n"
@@ -119,7 +125,6 @@ def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, sec
         load = f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained(RUN_DIR)"
     import yaml
 
-    hub_task = {"cls": "text-classification", "tag": "token-classification"}.get(cfg.task_name, "text-generation")
     header = {"base_model": base, "library_name": "peft" if adapter else "transformers",
               "pipeline_tag": hub_task, "tags": ["ftkit", cfg.task_name, cfg.method_name],
               "datasets": [cfg.data.train], "metrics": [k for k in scalars if k != "step"],
@@ -220,7 +225,7 @@ def print_dry_run(result: dict) -> None:
     print("# resolved config\n" + yaml.safe_dump(result["config"], sort_keys=False).rstrip())
     print(f"# data\ntrain rows {d['train_rows']}, eval rows {d['eval_rows']}")
     lengths = "  ".join(f"{k} {v}" for k, v in d["length_tokens"].items())
-    print(f"tokens per training row: {lengths}; {d['truncated_rows']} rows would be truncated at "
+    print(f"tokens per training row: {lengths}; {d['long_rows']} rows would be {d['long_rows_are']} at "
           f"data.max_length={d['max_length']}")
     if "label_counts" in d:
         print("labels: " + ", ".join(f"{k} {v}" for k, v in d["label_counts"].items()))

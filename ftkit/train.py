@@ -161,13 +161,13 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   f"params ({100 * trainable / total:.2f}%)")
 
     result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
-                        collate=task.collator(tokenizer), task=task, labels=labels, main_metric=main_metric, cfg=cfg,
+                        collate=task.collator(tokenizer, cfg), task=task, labels=labels, main_metric=main_metric, cfg=cfg,
                         accelerator=accelerator, reporter=reporter, resume=resuming, step_hook=step_hook,
                         make_checkpointer=lambda prepared: Checkpointer(
                             run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.warn))
 
     check_ranks_agree(accelerator, model)
-    summary = {"eval": result.best, "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),
+    summary = {"main_metric": main_metric, "eval": result.best, "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),
                                               "processes": accelerator.num_processes,
                                               "stopped_early": result.stopped_early, "train_rows": len(train_features),
                                               "eval_rows": len(eval_features), "trainable_params": trainable,
@@ -190,7 +190,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         (run_dir / "README.md").write_text(model_card(
             cfg, base=str(base_path), trainable=trainable, total=total, metrics=result.best,
             seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,
-            auto_class=task.model_class(base.config).__name__, labelled=task.labelled),
+            auto_class=task.model_class(base.config).__name__, labelled=task.labelled, hub_task=task.hub_task),
             encoding="utf-8")
         # Written last: its presence marks the run dir as complete.
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

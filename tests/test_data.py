@@ -32,7 +32,7 @@ def test_json_object_of_columns(tmp_path):
     ("d.csv", 'text,label\n"a",1\n"b",2,3\n', r"d.csv: line 3: expected 2 fields \(text, label\), found 3"),
     ("d.csv", "", r"d.csv: no data rows"),
     ("d.csv", "text,label\n", r"d.csv: no data rows"),
-    ("d.txt", "hello", r"d.txt: unknown data format ..txt.; expected one of .csv, .tsv, .jsonl, .json, .parquet, .conll"),
+    ("d.xml", "<a/>", r"d.xml: unknown data format ..xml.; expected one of .csv, .tsv, .jsonl, .json, .parquet, .conll"),
     ("d.parquet", "not parquet", r"d.parquet: cannot read as parquet"),
 ])
 def test_malformed_files_name_file_and_line(tmp_path, name, content, message):
@@ -89,3 +89,19 @@ def test_length_grouped_batches_cover_everything_once_and_cut_padding():
     random_padded = sum(16 * max(lengths[i] for i in order[s:s + 16]) for s in range(0, 1000, 16))
     assert padded < 0.75 * random_padded
     assert length_grouped_batches(lengths, 16, seed=0, epoch=1) != batches  # reshuffled every epoch
+
+
+def test_txt_files_hold_one_document_per_line_or_per_paragraph(tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("first doc\n  second doc  \n\n", encoding="utf-8")  # trailing blank lines: still per line
+    table = read_table(str(lines))
+    assert table.columns == {"text": ["first doc", "second doc"]} and table.where == ["line 1", "line 2"]
+    paras = tmp_path / "paras.txt"
+    paras.write_text("\nintro line one\nline two\n\n\nnext paragraph\n", encoding="utf-8")
+    table = read_table(str(paras))
+    assert table.columns == {"text": ["intro line one line two", "next paragraph"]}
+    assert table.where == ["line 2", "line 6"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="empty.txt: no data rows"):
+        read_table(str(empty))

@@ -143,12 +143,22 @@ def test_bad_model_paths(tiny_model, tiny_seq2seq, sentiment, tmp_path):
             shutil.copy(f, no_tokenizer)
     adapter_run = tmp_path / "adapter-run"
     assert run_cli(*train_args(tiny_model, sentiment, adapter_run, "--max-steps", "2")).exit_code == 0
+    bare_adapter = tmp_path / "bare-adapter"
+    assert run_cli("export", adapter_run, "--adapter-only", "--output", bare_adapter).exit_code == 0
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(adapter_run, unfinished)
+    (unfinished / "metrics.json").unlink()
+    prompt_run = tmp_path / "prompt-run"
+    assert run_cli(*train_args(tiny_model, sentiment, prompt_run, "--max-steps", "2", "--method", "prompt",
+                               "--max-length", "40")).exit_code == 0
     cases = [
         (tmp_path / "nowhere", "no such model directory, and not a built-in model"),
         (tmp_path, "not a Hugging Face checkpoint (expected a directory with config.json)"),
         (tiny_seq2seq, "checkpoint has no AutoModelForSequenceClassification architecture"),
         (no_tokenizer, "cannot load a tokenizer from this checkpoint"),
-        (adapter_run, "is an adapter run dir, not a base model; export it with"),
+        (bare_adapter, "is a bare adapter, not a base model; train from the run dir it came from"),
+        (unfinished, "training did not finish in this run dir (no metrics.json); nothing to train from"),
+        (prompt_run, "method prompt adds virtual tokens and cannot be merged into its base"),
     ]
     for model, expected in cases:
         out = tmp_path / "run"

@@ -33,7 +33,8 @@ def refusal(task: str, method: str, quant: str = "none") -> str | None:
 def data_for(tiny_model, tiny_causal, sentiment, ner, copy_data):
     return {"cls": (tiny_model, sentiment, "the film was superb"),
             "tag": (tiny_model, ner, "mary was in london"),
-            "gen": (tiny_causal, copy_data, "what word : the plot was dull")}
+            "gen": (tiny_causal, copy_data, "what word : the plot was dull"),
+            "mlm": (tiny_model, sentiment, "the film was [MASK]")}  # the text column, labels unused
 
 
 @pytest.mark.parametrize("task, method, quant", CELLS)
@@ -139,8 +140,9 @@ def test_dry_run_describes_without_loading_or_writing(task, data_for, tmp_path, 
     result = run_cli(*train_args(model, data, out, "--task", task, "--max-length", "6", "--dry-run"))
     assert result.exit_code == 0, result.output
     assert "# resolved config" in result.output and f"task:\n  name: {task}" in result.output
-    assert "rows would be truncated at data.max_length=6" in result.output
-    truncated = int(result.output.split(" rows would be truncated")[0].rsplit(";", 1)[1])
-    assert truncated > 0
-    assert ("labels: " in result.output) == (task != "gen")
+    fate = TASKS.get(task).long_rows
+    assert f"rows would be {fate} at data.max_length=6" in result.output
+    long_rows = int(result.output.split(f" rows would be {fate}")[0].rsplit(";", 1)[1])
+    assert long_rows > 0
+    assert ("labels: " in result.output) == TASKS.get(task).labelled
     assert "trainable" in result.output and not out.exists()

@@ -27,7 +27,7 @@ class Head:
 
         if not TASKS.get(cfg.task_name).labelled:
             raise UsageError(f"method 'head' needs a task with a new head to train; task {cfg.task_name!r} has "
-                             "none (its LM head is pretrained): use lora or full")
+                             "none (it predicts the model's vocabulary): use lora or full")
 
     def apply(self, model, params: dict, ctx):
         if not ctx.head:

@@ -25,10 +25,10 @@ class Prompt:
     description = "a learned soft prompt (peft prompt tuning); not mergeable"
 
     def validate(self, cfg) -> None:
-        if cfg.task_name == "tag":
-            # peft's token-classification model prepends the virtual tokens to the logits but not to the labels,
-            # so its loss fails on every batch
-            raise UsageError("method 'prompt' does not support task 'tag' (peft's token-classification loss does "
+        if cfg.task_name in ("tag", "mlm"):
+            # peft's token-classification and feature-extraction models prepend the virtual tokens to the logits
+            # but not to the labels, so the per-token loss fails on every batch
+            raise UsageError(f"method 'prompt' does not support task {cfg.task_name!r} (peft's per-token loss does "
                              "not account for the virtual tokens); use prefix, lora or ia3")
         if cfg.method["num_virtual_tokens"] < 1:
             raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "

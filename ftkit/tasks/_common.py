@@ -102,6 +102,8 @@ class LabelledTask:
     streams = False
     labelled = True
     head_names = ("classifier", "score")  # kept out of quantization
+    long_rows = "truncated"
+    onnx = True  # `export --format onnx`: logits of (input_ids, attention_mask, token_type_ids)
 
     def _col(self, cfg, role: str) -> str:
         return cfg.data.columns.get(role, self.columns[role])

@@ -24,6 +24,7 @@ class Classification(LabelledTask):
     architectures = ("ForSequenceClassification",)  # checkpoints this task loads (for `eval MODEL`)
     auto_class = "AutoModelForSequenceClassification"
     peft_type = "SEQ_CLS"
+    hub_task = "text-classification"
     description = "sequence classification (single sentence or sentence pair)"
 
     # ------------------------------------------------------------------ data
@@ -80,8 +81,11 @@ class Classification(LabelledTask):
     def features(self, enc: dict, targets: list[int], idx: list[int], cfg, training: bool) -> list[dict]:
         return to_features(enc, targets, idx)
 
-    def collator(self, tokenizer):
+    def collator(self, tokenizer, cfg):
         return pad_collate(tokenizer.pad_token_id)
+
+    def example(self, length: int) -> dict:
+        return {"input_ids": [5] * length, "labels": 0}
 
     # ------------------------------------------------------------------ model
     # ------------------------------------------------------------------ evaluation

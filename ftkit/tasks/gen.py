@@ -46,6 +46,9 @@ class Generation:
     maximize = False  # perplexity: lower is better
     streams = True  # `predict --text` prints tokens as they are generated
     head_names = ("lm_head",)  # kept out of quantization
+    long_rows = "truncated"
+    hub_task = "text-generation"
+    onnx = False  # generation needs the decoding loop and its cache, not one graph
     labelled = False
     description = "text generation: prompt/response pairs, chat messages or plain text; causal or seq2seq"
 
@@ -180,8 +183,11 @@ class Generation:
             ids = after
         return ids, labels
 
-    def collator(self, tokenizer):
+    def collator(self, tokenizer, cfg):
         return pad_collate(tokenizer.pad_token_id, label_pad=IGNORE)
+
+    def example(self, length: int) -> dict:
+        return {"input_ids": [5] * length, "labels": [0] * length}
 
     # ------------------------------------------------------------------ model
     def model_class(self, model_config):

@@ -45,6 +45,7 @@ class Tagging(LabelledTask):
     architectures = ("ForTokenClassification",)
     auto_class = "AutoModelForTokenClassification"
     peft_type = "TOKEN_CLS"
+    hub_task = "token-classification"
     description = "token tagging (NER, POS): one tag per word"
 
     def scheme(self, labels: list[str], cfg) -> str:
@@ -113,8 +114,11 @@ class Tagging(LabelledTask):
                   f"{cfg.data.max_length} tokens and were cut (their last words are not scored)", file=sys.stderr)
         return out
 
-    def collator(self, tokenizer):
+    def collator(self, tokenizer, cfg):
         return pad_collate(tokenizer.pad_token_id, label_pad=IGNORE)
+
+    def example(self, length: int) -> dict:
+        return {"input_ids": [5] * length, "labels": [0] * length}
 
     # ------------------------------------------------------------------ model
     # ------------------------------------------------------------------ evaluation
