@@ -40,7 +40,8 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
     feats = task.features(enc, targets, list(range(len(table))), cfg, training=False)
     accelerator = Accelerator()
-    loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=task.collator(loaded.tokenizer, cfg)))
+    collate = task.collator(loaded.tokenizer, cfg)
+    loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=collate))
     model = accelerator.prepare(loaded.model)
     metrics = {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, cfg, accelerator)}
     if cfg.task.get("generate_eval"):

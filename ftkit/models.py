@@ -154,7 +154,9 @@ def resolve_max_length(cfg, model_config, tokenizer, where) -> int:
 
 
 def load_for_training(cfg, task, labels: list[str]):
-    """Base model with the task head for ``labels`` -> (model, tokenizer, base path)."""
+    """Base model with the task head for ``labels`` -> (model, tokenizer, base path, fresh): ``fresh`` names the
+    modules the checkpoint had no weights for (the new head; a pooler an MLM-trained encoder lacks), which are
+    randomly initialised and so must be trained and saved with an adapter."""
     path = base_model_path(cfg.model.name)
     from transformers import AutoConfig
 
@@ -172,11 +174,14 @@ def load_for_training(cfg, task, labels: list[str]):
             placement["device_map"] = {"": PartialState().local_process_index}
     # The label maps go in as keyword overrides, not as config=: with an explicit config, transformers 5.23 leaves
     # most bitsandbytes layers holding fp32 weights.
-    model = task.model_class(model_config).from_pretrained(
+    model, loading = task.model_class(model_config).from_pretrained(
         path, **task.config_overrides(labels), trust_remote_code=cfg.model.trust_remote_code,
         ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a fresh head
-        **placement,
+        output_loading_info=True, **placement,
     )
+    new_keys = set(loading["missing_keys"]) | {k[0] if isinstance(k, tuple) else k for k in loading["mismatched_keys"]}
+    # parameters only, each under its first name: a weight tied to the embeddings (an MLM decoder) is not new
+    fresh = sorted({name.rsplit(".", 1)[0] for name, _ in model.named_parameters() if name in new_keys})
     task.prepare_model(model, tokenizer)
     if quant:
         from peft import prepare_model_for_kbit_training
@@ -191,7 +196,16 @@ def load_for_training(cfg, task, labels: list[str]):
                              "set it to false")
         # non-reentrant: the reentrant kind drops the gradients of adapters under a frozen base
         model.activation_checkpointing_enable({"use_reentrant": False})
-    return model, tokenizer, path
+    return model, tokenizer, path, fresh
+
+
+def trained_modules(head: list[str], fresh: list[str]) -> list[str]:
+    """The task head plus any other module the checkpoint did not provide (not one that holds part of the head,
+    e.g. an MLM head's parent with the embedding-tied decoder in it)."""
+    def related(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+    return head + [m for m in fresh if not any(related(m, h) for h in head)]
 
 
 def quantization(mode: str, task):
@@ -246,9 +260,8 @@ def load_trained(name: str, task_name: str | None = None, quant: str | None = No
     trained and anything else in full precision (export merges with quant="none")."""
     from ftkit import config as config_mod
     from ftkit.methods import METHODS
-    from ftkit.tasks import TASKS
-
     from ftkit.onnx_model import load_onnx, onnx_file
+    from ftkit.tasks import TASKS
 
     if onnx_file(name):
         return load_onnx(onnx_file(name), task_name, quant)
@@ -276,7 +289,9 @@ def load_trained(name: str, task_name: str | None = None, quant: str | None = No
     if adapter:
         from peft import PeftConfig
 
-        weights = PeftConfig.from_pretrained(path).base_model_name_or_path
+        # the run's own model name: a run trained from another run finds (or re-makes) its merged base
+        weights = base_model_path(cfg.model.name) if cfg is not None else \
+            PeftConfig.from_pretrained(path).base_model_name_or_path
     else:
         weights = path
     bnb = quantization(quant, task)

@@ -183,8 +183,8 @@ def write_leaderboard(rows: list[dict], plan: Plan, root: Path) -> None:
     if best:
         text = (root / best["trial"] / "ftkit.yaml").read_text(encoding="utf-8")
         lines = [line for line in text.splitlines() if not line.startswith("output:")]
-        head = (f"# best of sweep {root.name}: {best['trial']} ({', '.join(f'{k}={v}' for k, v in best['params'].items())})"
-                f", {best['metric']} {best['value']:.4f}")
+        values = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+        head = f"# best of sweep {root.name}: {best['trial']} ({values}), {best['metric']} {best['value']:.4f}"
         _write(root / "best.yaml", head + "\n" + "\n".join(lines) + "\n")
 
 

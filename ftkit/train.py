@@ -106,7 +106,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit.distributed import check_ranks_agree, check_scale_out
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
-    from ftkit.models import check_base_model, check_quant_training, load_for_training, quiet_libraries
+    from ftkit.models import (check_base_model, check_quant_training, load_for_training, quiet_libraries,
+                              trained_modules)
     from ftkit.plots import curves
     from ftkit.report import Reporter, model_card
 
@@ -131,7 +132,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                               gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available())
     accelerator.wait_for_everyone()  # every rank has checked the run dir before the main one creates it
     set_seed(cfg.train.seed)  # before the model: the new head's initialisation depends on it
-    model, tokenizer, base_path = load_for_training(cfg, task, labels)
+    model, tokenizer, base_path, fresh = load_for_training(cfg, task, labels)
     train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, model.config, eval_table,
                                                                          cfg.data.eval, cfg)
@@ -140,7 +141,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     if not eval_features:
         raise UsageError(f"{cfg.data.eval or cfg.data.train}: the evaluation split has no usable rows")
 
-    ctx = Context(head=task.head_modules(model), peft_task_type=task.peft_task_type(model.config),
+    ctx = Context(head=trained_modules(task.head_modules(model), fresh),
+                  peft_task_type=task.peft_task_type(model.config),
                   total_steps=plan_steps(len(train_features), cfg, accelerator.num_processes)[1],
                   base_path=str(base_path))
     model = method.apply(model, cfg.method, ctx)
@@ -161,17 +163,17 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   f"params ({100 * trainable / total:.2f}%)")
 
     result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
-                        collate=task.collator(tokenizer, cfg), task=task, labels=labels, main_metric=main_metric, cfg=cfg,
-                        accelerator=accelerator, reporter=reporter, resume=resuming, step_hook=step_hook,
+                        collate=task.collator(tokenizer, cfg), task=task, labels=labels, main_metric=main_metric,
+                        cfg=cfg, accelerator=accelerator, reporter=reporter, resume=resuming, step_hook=step_hook,
                         make_checkpointer=lambda prepared: Checkpointer(
                             run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.warn))
 
     check_ranks_agree(accelerator, model)
-    summary = {"main_metric": main_metric, "eval": result.best, "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),
-                                              "processes": accelerator.num_processes,
-                                              "stopped_early": result.stopped_early, "train_rows": len(train_features),
-                                              "eval_rows": len(eval_features), "trainable_params": trainable,
-                                              "total_params": total}}
+    summary = {"main_metric": main_metric, "eval": result.best,
+               "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),
+                         "processes": accelerator.num_processes, "stopped_early": result.stopped_early,
+                         "train_rows": len(train_features), "eval_rows": len(eval_features),
+                         "trainable_params": trainable, "total_params": total}}
     if torch.cuda.is_available():
         summary["train"]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     if main:

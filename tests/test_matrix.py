@@ -92,7 +92,7 @@ def test_gradient_checkpointing_trains_the_same_model(task, method, data_for, tm
                       if r["type"] == "train"]
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
     cfg = config.build({"task": task, "model": {"name": str(model)}, "train": {"gradient_checkpointing": True}})
-    loaded, _, _ = load_for_training(cfg, TASKS.get(task), ["negative", "positive"] if task != "gen" else [])
+    loaded, *_ = load_for_training(cfg, TASKS.get(task), ["negative", "positive"] if task != "gen" else [])
     assert loaded.is_gradient_checkpointing
 
 

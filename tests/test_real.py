@@ -38,6 +38,24 @@ def test_lora_on_polarity_reaches_075(tmp_path):
     assert summary["eval"]["accuracy"] >= 0.75, summary["eval"]
     assert summary["train"]["eval_rows"] == 400
 
+    # deployed as ONNX: the export scores the held-out rows as the run did; int8 costs little
+    from ftkit.data import held_out_split, read_table
+
+    table = read_table("polarity")
+    _, held = held_out_split(table, 0.1, seed=42)
+    held_file = tmp_path / "held.jsonl"
+    held_file.write_text("".join(json.dumps({"text": table.columns["text"][i], "label": table.columns["label"][i]})
+                                 + "\n" for i in held))
+    result = run_cli("export", out, "--format", "onnx", "--int8", "--output", tmp_path / "onnx")
+    assert result.exit_code == 0, result.output
+    scores = {}
+    for name, model in (("fp32", tmp_path / "onnx"), ("int8", tmp_path / "onnx" / "model.int8.onnx")):
+        result = run_cli("eval", model, "--data", held_file, "--output", tmp_path / f"{name}.json")
+        assert result.exit_code == 0, result.output
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())["accuracy"]
+    assert scores["fp32"] == summary["eval"]["accuracy"]
+    assert abs(scores["int8"] - scores["fp32"]) <= 0.03, scores
+
 
 def test_pos_tagging_with_lora_reaches_090(tmp_path):
     """The shipped tag recipe, shortened to 3 epochs: held-out token accuracy must clear 0.90."""

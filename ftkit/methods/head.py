@@ -34,5 +34,5 @@ class Head:
             raise UsageError(f"{type(model).__name__} has no task head outside its backbone; use --method lora")
         model.requires_grad_(False)
         for name in ctx.head:
-            getattr(model, name).requires_grad_(True)
+            model.get_submodule(name).requires_grad_(True)
         return model
