@@ -13,7 +13,8 @@ import typer
 
 from ftkit.errors import RunStopped, UsageError
 
-app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation.",
+app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, "
+                       "masked-LM pre-training.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain click help: rendering it through rich costs ~0.1 s per call
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +22,7 @@ app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classific
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.lr=1e-4 "
                                                                   "(repeatable; highest precedence).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls, tag, gen). Default: from the "
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls, tag, gen, mlm). Default: from the "
                                                                 "run or the model's architecture.")]
 QuantOpt = Annotated[Optional[str], typer.Option(help="Load the frozen weights as none, 8bit or 4bit for inference "
                                                        "(4bit works on CPU too). Default: as the run was trained.")]
@@ -76,7 +77,7 @@ def _emit(records, output: Optional[Path]) -> None:
 def train(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML file, or the name of a shipped recipe "
                                                          "(`ftkit recipes`).")] = None,
-    task: Annotated[Optional[str], typer.Option(help="Task family: cls, tag or gen.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Task family: cls, tag, gen or mlm.")] = None,
     method: Annotated[Optional[str], typer.Option(help="Method: full, head, lora, dora, adalora, ia3, prefix or "
                                                        "prompt.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Built-in model name or checkpoint dir.")] = None,
