@@ -157,14 +157,14 @@ def _reset_accelerate() -> None:
 
 def leaderboard(plan: Plan, root: Path) -> list[dict]:
     """One row per trial, best first by the task's main metric; unfinished and failed trials last."""
+    from ftkit.tasks import TASKS
+
     rows, maximize = [], True
     for k, values in enumerate(plan.trials):
         run = root / trial_name(k)
         row = {"trial": trial_name(k), "params": values, "status": "pending"}
         if (run / "metrics.json").is_file():
             m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-            from ftkit.tasks import TASKS
-
             maximize = TASKS.get(config_mod.load_yaml(run / "ftkit.yaml")["task"]["name"]).maximize
             row |= {"status": "done", "metric": m["main_metric"], "value": m["eval"][m["main_metric"]],
                     "step": m["eval"]["step"], "trainable_params": m["train"]["trainable_params"],

@@ -201,3 +201,23 @@ def test_rows_whose_response_is_cut_away_are_skipped(tmp_path, tiny_causal):
     only_long = {"train": write_rows(tmp_path / "l.jsonl", rows[:16]), "eval": data["eval"]}
     result = run_cli(*train_args(tiny_causal, only_long, tmp_path / "run2", "--task", "gen", "--max-steps", "2"))
     assert result.exit_code == 2 and "no training row keeps any response token" in result.output, result.output
+
+
+def test_continued_pretraining_of_a_decoder_on_a_txt_file(tmp_path, tiny_causal):
+    """gen's plain-text mode on raw .txt (picked automatically from the `text` column): every token is trained on,
+    and the held-out perplexity falls."""
+    texts = [f"the {w} film was really {w}" for w in ["good", "bad", "dull", "nice"] * 10]
+    train = tmp_path / "corpus.txt"
+    train.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    held = tmp_path / "held.txt"
+    held.write_text("\n\n".join(texts[:8]) + "\n", encoding="utf-8")  # blank-line-separated paragraphs
+    out = tmp_path / "run"
+    result = run_cli("train", "--task", "gen", "--model", tiny_causal, "--data", train, "--eval-data", held,
+                     "--output", out, "--batch-size", "8", "--epochs", "3", "--lr", "1e-2")
+    assert result.exit_code == 0, result.output
+    assert "data:\n  train:" in (out / "ftkit.yaml").read_text() and "format: auto" in (out / "ftkit.yaml").read_text()
+    base = run_cli("eval", tiny_causal, "--task", "gen", "--data", held, "--output", tmp_path / "b.json")
+    assert base.exit_code == 0, base.output
+    before = json.loads((tmp_path / "b.json").read_text())["perplexity"]
+    after = json.loads((out / "metrics.json").read_text())["eval"]["perplexity"]
+    assert after < before / 2, (before, after)
