@@ -48,6 +48,11 @@ def _guard(fn, debug: bool):
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
+    except BrokenPipeError:  # the reader went away (`ftkit predict ... | head`): stop quietly, as SIGPIPE would
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        raise typer.Exit(141)
     except typer.Exit:
         raise
     except Exception as e:  # noqa: BLE001 — the CLI's last line of defence

@@ -201,3 +201,17 @@ def test_quiet_prints_only_the_summary(tmp_path, tiny_model, sentiment):
 def test_shell_completion_is_offered():
     result = run_cli("--help")
     assert "--install-completion" in result.output
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """`ftkit recipes | head -1`: when the reader has gone, stop with SIGPIPE's status and no error text."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ftkit", "recipes"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
