@@ -25,9 +25,9 @@ class Prompt:
     description = "a learned soft prompt (peft prompt tuning); not mergeable"
 
     def validate(self, cfg) -> None:
-        if cfg.task_name in ("tag", "mlm"):
-            # peft's token-classification and feature-extraction models prepend the virtual tokens to the logits
-            # but not to the labels, so the per-token loss fails on every batch
+        from ftkit.tasks import TASKS
+
+        if not TASKS.get(cfg.task_name).virtual_tokens_in_loss:
             raise UsageError(f"method 'prompt' does not support task {cfg.task_name!r} (peft's per-token loss does "
                              "not account for the virtual tokens); use prefix, lora or ia3")
         if cfg.method["num_virtual_tokens"] < 1:

@@ -26,6 +26,9 @@ class Task(Protocol):
     long_rows: str  # what data.max_length does to a longer row: "truncated" or "split into windows"
     onnx: bool  # `ftkit export --format onnx` supports it
     hub_task: str  # the model card's pipeline_tag (Hugging Face task name)
+    # peft's model for this task lines the labels up with prompt tuning's virtual tokens (its token-classification
+    # and feature-extraction models prepend them to the logits only, so a per-token loss fails on every batch)
+    virtual_tokens_in_loss: bool
 
     # data, before any model is loaded
     def check(self, table, cfg) -> None: ...

@@ -25,6 +25,7 @@ class Classification(LabelledTask):
     auto_class = "AutoModelForSequenceClassification"
     peft_type = "SEQ_CLS"
     hub_task = "text-classification"
+    virtual_tokens_in_loss = True  # one label per row
     description = "sequence classification (single sentence or sentence pair)"
 
     # ------------------------------------------------------------------ data

@@ -48,6 +48,7 @@ class Generation:
     head_names = ("lm_head",)  # kept out of quantization
     long_rows = "truncated"
     hub_task = "text-generation"
+    virtual_tokens_in_loss = True  # peft pads the labels of causal and seq2seq LMs
     onnx = False  # generation needs the decoding loop and its cache, not one graph
     labelled = False
     description = "text generation: prompt/response pairs, chat messages or plain text; causal or seq2seq"

@@ -43,6 +43,7 @@ class MaskedLM:
     # the MLM heads of BERT-, RoBERTa- and DistilBERT-style models, kept out of quantization
     head_names = ("cls", "lm_head", "vocab_transform", "vocab_projector")
     hub_task = "fill-mask"
+    virtual_tokens_in_loss = False  # peft's feature-extraction model
     long_rows = "split into windows"  # every token is trained on
     onnx = False  # a pre-training stage; the model to deploy is the cls/tag run trained from it
     description = "masked-language-model pre-training on raw text (encoders; domain adaptation before cls/tag)"
