@@ -89,8 +89,10 @@ def _run(cmd: list[str], env: dict, log: Path) -> dict:
             "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-# --ablate: ftkit with one of its optimisations switched off, to measure what that one brings
-ABLATIONS = {"no length grouping": ["--set", "train.group_by_length=false"]}
+# --ablate: ftkit with one of its optimisations switched off, to measure what that one brings: the tasks it
+# applies to, and the flags that switch it off
+ABLATIONS = {"no length grouping": (("cls", "tag", "gen"), ["--set", "train.group_by_length=false"]),
+             "no padding-free batches": (("gen",), ["--set", "task.padding_free=false"])}
 
 
 def run_ftkit(w: Workload, model: str, train: str, eval_: str, folder: Path, env: dict,
@@ -126,7 +128,7 @@ def bench(w: Workload, reps: int, folder: Path, device: str, ablate: bool = Fals
         env["CUDA_VISIBLE_DEVICES"] = ""
     runs = {"ftkit": [], "reference": []}
     variants = {name: (lambda *a, extra=tuple(flags): run_ftkit(*a, extra=extra))
-                for name, flags in ABLATIONS.items()} if ablate else {}
+                for name, (tasks, flags) in ABLATIONS.items() if w.task in tasks} if ablate else {}
     for rep in range(reps):
         order = [("ftkit", run_ftkit), ("reference", run_reference), *variants.items()]
         for name, fn in (order if rep % 2 == 0 else order[::-1]):
@@ -216,7 +218,7 @@ def render(results: list[dict], command: str, help_s: float | None, device: str)
                   "| workload | switched off | samples/s ratio | peak memory ratio | metric |", "|---|---|---|---|---|"]
         for res in ablated:
             f = res["runs"]["ftkit"]
-            for name in ABLATIONS:
+            for name in [n for n in ABLATIONS if n in res["runs"]]:
                 v = res["runs"][name]
                 tput = statistics.median(x["samples_per_s"] for x in v) / statistics.median(
                     x["samples_per_s"] for x in f)

@@ -162,8 +162,13 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")
 
+    collate = task.collator(tokenizer, cfg)
+    train_collate, loss_fn, note = (task.train_batches(model, tokenizer, cfg, train_features)
+                                    if hasattr(task, "train_batches") else (collate, None, None))
+    if note:
+        reporter.note(note)
     result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
-                        collate=task.collator(tokenizer, cfg), task=task, labels=labels, main_metric=main_metric,
+                        collate=collate, train_collate=train_collate, loss_fn=loss_fn, task=task, labels=labels, main_metric=main_metric,
                         cfg=cfg, accelerator=accelerator, reporter=reporter, resume=resuming, step_hook=step_hook,
                         make_checkpointer=lambda prepared: Checkpointer(
                             run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.warn))

@@ -33,6 +33,10 @@ class GenParams:
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with do_sample)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with do_sample)."})
+    padding_free: bool = field(default=True, metadata={
+        "help": "Train decoder-only models on packed batches: no padding, the rows' common prefix (e.g. the chat "
+                "template's system prompt) computed once, logits only where the loss is taken. Same loss as padded "
+                "batches; used where exact (see ftkit/packing.py), padded batches otherwise."})
     generate_eval: bool = field(default=False, metadata={
         "help": "`ftkit eval` also generates a response per prompt and reports exact match and ROUGE-L."})
 
@@ -186,6 +190,19 @@ class Generation:
 
     def collator(self, tokenizer, cfg):
         return pad_collate(tokenizer.pad_token_id, label_pad=IGNORE)
+
+    def train_batches(self, model, tokenizer, cfg, features: list[dict]):
+        """(collate, loss function or None for the model's own, note or None) for the training batches: packed
+        where ftkit/packing.py applies, padded otherwise."""
+        from ftkit import packing
+
+        if not cfg.task["padding_free"]:
+            return self.collator(tokenizer, cfg), None, None
+        reason = packing.enable(model, cfg, features[:3])
+        if reason:
+            return self.collator(tokenizer, cfg), None, f"padded training batches: {reason}"
+        return packing.pack, packing.loss, ("padding-free training batches: the rows' common prefix computed once, "
+                                            "logits only where the loss is taken")
 
     def example(self, length: int) -> dict:
         return {"input_ids": [5] * length, "labels": [0] * length}
