@@ -30,6 +30,7 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     from torch.utils.data import DataLoader
 
     from ftkit.loop import evaluate as run_eval
+    from ftkit.tasks import batching
 
     cfg = settings(loaded, sets)
     task = loaded.task
@@ -40,7 +41,7 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
     feats = task.features(enc, targets, list(range(len(table))), cfg, training=False)
     accelerator = Accelerator()
-    collate = task.collator(loaded.tokenizer, cfg)
+    collate = batching(task, loaded.model, loaded.tokenizer, cfg, feats).collate
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=collate))
     model = accelerator.prepare(loaded.model)
     metrics = {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, cfg, accelerator)}

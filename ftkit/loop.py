@@ -137,9 +137,8 @@ class StopSignals:
 
 def train_loop(*, model, train_features, eval_features, collate, task, labels, main_metric, cfg, accelerator,
                reporter, make_checkpointer, resume: bool = False, step_hook: Callable[[int], None] | None = None,
-               train_collate=None, loss_fn=None) -> LoopResult:
-    """``train_collate``/``loss_fn``: how training batches are built and scored when not like evaluation's
-    (``collate``, the model's own loss); e.g. gen's packed batches."""
+               loss_fn=None) -> LoopResult:
+    """``loss_fn(model, batch)``: the training loss when not the model's own (tasks.Batching)."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
@@ -150,7 +149,7 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
     sampler = EpochBatches([len(f["input_ids"]) for f in train_features], t.batch_size, t.seed, t.group_by_length)
     # Own generators: a DataLoader draws a seed for every iterator it starts, from the global RNG otherwise — and a
     # resumed run starts its iterator at another point of the dropout stream than the run it continues.
-    train_loader = DataLoader(train_features, batch_sampler=sampler, collate_fn=train_collate or collate,
+    train_loader = DataLoader(train_features, batch_sampler=sampler, collate_fn=collate,
                               generator=torch.Generator().manual_seed(t.seed))
     eval_loader = DataLoader(eval_features, batch_size=t.batch_size * 2, collate_fn=collate,  # no grads: 2x fits
                              generator=torch.Generator().manual_seed(t.seed))

@@ -62,12 +62,14 @@ def pack(features: list[dict]) -> dict:
     labels = [f["labels"] for f in features]
     p = shared_prefix(ids, labels)
     tokens, positions, keep, targets = list(ids[0][:p]), list(range(p)), [], []
-    for x, lab in zip(ids, labels):
+    owners = []  # the row of each target
+    for r, (x, lab) in enumerate(zip(ids, labels)):
         start = len(tokens) - p  # packed index of the row's position 0 (its own tokens start at its position p)
         for j in range(p + 1, len(x)):
             if lab[j] != IGNORE:  # position j - 1 predicts token j
                 keep.append(start + j - 1)
                 targets.append(lab[j])
+                owners.append(r)
         tokens += x[p:]
         positions += range(p, len(x))
     lengths = tuple(len(x) - p for x in ids)
@@ -75,12 +77,14 @@ def pack(features: list[dict]) -> dict:
     valid = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
     own = torch.ones(width, width, dtype=torch.bool).tril()[None] & valid[:, None, :]  # earlier real tokens of the row
     mask = torch.cat([torch.ones(len(ids), width, p, dtype=torch.bool), own], dim=2)[:, None]
-    return {"input_ids": torch.tensor([tokens]), "position_ids": torch.tensor([positions]),
-            # a prepared 4-D mask is passed through untouched by transformers' mask building (which would
-            # otherwise build a dense packed-row mask nobody uses); the attention reads `ftkit_segments`
-            "attention_mask": torch.ones(1, 1, 1, 1, dtype=torch.bool),
-            "ftkit_segments": Segments(p, lengths, mask),
-            "logits_to_keep": torch.tensor(keep, dtype=torch.long), "targets": torch.tensor(targets)}
+    inputs = {"input_ids": torch.tensor([tokens]), "position_ids": torch.tensor([positions]),
+              # a prepared 4-D mask is passed through untouched by transformers' mask building (which would
+              # otherwise build a dense packed-row mask nobody uses); the attention reads `ftkit_segments`
+              "attention_mask": torch.ones(1, 1, 1, 1, dtype=torch.bool),
+              "ftkit_segments": Segments(p, lengths, mask),
+              "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
+    return {"packed": inputs, "targets": torch.tensor(targets, dtype=torch.long),
+            "target_rows": torch.tensor(owners, dtype=torch.long), "rows": len(ids)}
 
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -114,13 +118,21 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     return torch.cat(parts)[None], None
 
 
-def loss(model, batch: dict):
-    """Mean cross-entropy over the scored tokens of a packed batch (what the padded batch's loss is)."""
+def is_packed(batch: dict) -> bool:
+    return "packed" in batch
+
+
+def token_nll(model, batch: dict):
+    """Negative log-likelihood of each scored token of a packed batch, in ``batch["targets"]`` order."""
     import torch.nn.functional as F
 
-    inputs = {k: v for k, v in batch.items() if k != "targets"}
-    logits = model(**inputs).logits[0]
-    return F.cross_entropy(logits.float(), batch["targets"])
+    logits = model(**batch["packed"]).logits[0]
+    return F.cross_entropy(logits.float(), batch["targets"], reduction="none")
+
+
+def loss(model, batch: dict):
+    """Mean cross-entropy over the scored tokens of a packed batch (what the padded batch's loss is)."""
+    return token_nll(model, batch).mean()
 
 
 def _register() -> None:
@@ -186,8 +198,7 @@ def _agrees(model, example: list[dict]) -> bool:
     try:
         with torch.no_grad():
             padded = model(input_ids=ids, attention_mask=att).logits.float()
-            inputs = send_to_device({k: v for k, v in packed.items() if k != "targets"}, device)
-            got = model(**inputs).logits[0].float()
+            got = model(**send_to_device(packed["packed"], device)).logits[0].float()
     finally:
         model.train(was_training)
     want = torch.cat([padded[r, [j - 1 for j in range(1, len(row["labels"])) if row["labels"][j] != IGNORE]]

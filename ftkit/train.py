@@ -110,6 +110,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                               trained_modules)
     from ftkit.plots import curves
     from ftkit.report import Reporter, model_card
+    from ftkit.tasks import batching
 
     check_scale_out(cfg)
     check_quant_training(cfg)
@@ -162,13 +163,11 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")
 
-    collate = task.collator(tokenizer, cfg)
-    train_collate, loss_fn, note = (task.train_batches(model, tokenizer, cfg, train_features)
-                                    if hasattr(task, "train_batches") else (collate, None, None))
-    if note:
-        reporter.note(note)
+    batches = batching(task, model, tokenizer, cfg, train_features)
+    if batches.note:
+        reporter.note(batches.note)
     result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
-                        collate=collate, train_collate=train_collate, loss_fn=loss_fn, task=task, labels=labels, main_metric=main_metric,
+                        collate=batches.collate, loss_fn=batches.loss, task=task, labels=labels, main_metric=main_metric,
                         cfg=cfg, accelerator=accelerator, reporter=reporter, resume=resuming, step_hook=step_hook,
                         make_checkpointer=lambda prepared: Checkpointer(
                             run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.warn))

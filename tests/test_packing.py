@@ -41,12 +41,14 @@ def test_a_packed_batch_has_no_padding_and_scores_only_the_labelled_positions():
     rows = _rows()
     batch = packing.pack(rows)
     tokens = sum(len(r["input_ids"]) for r in rows)
-    assert batch["input_ids"].shape == (1, tokens - 3 * len(PREFIX))  # the prefix once, not four times
+    inputs = batch["packed"]
+    assert inputs["input_ids"].shape == (1, tokens - 3 * len(PREFIX))  # the prefix once, not four times
     # positions restart after the prefix for every row: those of the row in a padded batch
-    assert batch["position_ids"][0].tolist() == [*range(4)] + [j for r in rows for j in range(4, len(r["input_ids"]))]
+    assert inputs["position_ids"][0].tolist() == [*range(4)] + [j for r in rows for j in range(4, len(r["input_ids"]))]
     assert batch["targets"].tolist() == [t for r in rows for t in r["labels"][1:] if t != IGNORE]
-    flat = batch["input_ids"][0]  # each kept position holds the token before its target
-    kept = [flat[i].item() for i in batch["logits_to_keep"]]
+    assert batch["target_rows"].tolist() == [r for r, row in enumerate(rows) for t in row["labels"][1:] if t != IGNORE]
+    flat = inputs["input_ids"][0]  # each kept position holds the token before its target
+    kept = [flat[i].item() for i in inputs["logits_to_keep"]]
     assert kept == [r["input_ids"][j - 1] for r in rows for j in range(1, len(r["labels"])) if r["labels"][j] != IGNORE]
 
 
@@ -136,7 +138,20 @@ def test_training_with_and_without_packing_gives_the_same_run(tiny_causal, copy_
                                      "--set", "train.log_every=1", "--gradient-checkpointing"))
         assert result.exit_code == 0, result.output
         runs[packed] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert ("padding-free training batches" in result.output) == (packed == "true")
+        assert ("padding-free batches" in result.output) == (packed == "true")
     losses = {k: [r["loss"] for r in v if r["type"] == "train"] for k, v in runs.items()}
     assert len(losses["true"]) == 6
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-4)
+    evals = {k: json.loads((tmp_path / k / "metrics.json").read_text())["eval"] for k in runs}
+    assert evals["true"]["perplexity"] == pytest.approx(evals["false"]["perplexity"], rel=1e-5)
+    assert evals["true"]["tokens"] == evals["false"]["tokens"]
+    # `ftkit eval` scores the same tokens the same way in either layout
+    scored = {}
+    for packed in ("true", "false"):
+        out = tmp_path / f"eval-{packed}.json"
+        result = run_cli("eval", tmp_path / "true", "--data", copy_data["eval"], "--output", out,
+                         "--set", f"task.padding_free={packed}")
+        assert result.exit_code == 0, result.output
+        scored[packed] = json.loads(out.read_text())
+    assert scored["true"]["loss"] == pytest.approx(scored["false"]["loss"], rel=1e-5)
+    assert scored["true"]["tokens"] == scored["false"]["tokens"] == evals["true"]["tokens"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 from ftkit.registry import Registry
 
@@ -53,6 +54,22 @@ class Task(Protocol):
     def predict(self, model, tokenizer, table, cfg, batch_size: int, stream: bool = False) -> list[dict]: ...
 
 TASKS: Registry[Task] = Registry("task")
+
+
+@dataclass
+class Batching:
+    """How batches are built and scored once the model is known: a task may offer a ``batching(model, tokenizer,
+    cfg, features)`` method for layouts that depend on the model (gen's padding-free batches)."""
+
+    collate: Callable[[list[dict]], dict]  # training and evaluation batches (the task's eval_batch reads them)
+    loss: Callable | None = None  # (model, batch) -> training loss; None: the model's own, model(**batch).loss
+    note: str | None = None  # what the run log says about it
+
+
+def batching(task: Task, model, tokenizer, cfg, features: list[dict]) -> Batching:
+    if hasattr(task, "batching"):
+        return task.batching(model, tokenizer, cfg, features)
+    return Batching(task.collator(tokenizer, cfg))
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):

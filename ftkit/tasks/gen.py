@@ -191,18 +191,20 @@ class Generation:
     def collator(self, tokenizer, cfg):
         return pad_collate(tokenizer.pad_token_id, label_pad=IGNORE)
 
-    def train_batches(self, model, tokenizer, cfg, features: list[dict]):
-        """(collate, loss function or None for the model's own, note or None) for the training batches: packed
-        where ftkit/packing.py applies, padded otherwise."""
+    def batching(self, model, tokenizer, cfg, features: list[dict]):
+        """Packed padding-free batches where ftkit/packing.py applies (checked on ``features``), padded ones
+        otherwise; for training and evaluation alike."""
         from ftkit import packing
+        from ftkit.tasks import Batching
 
+        padded = self.collator(tokenizer, cfg)
         if not cfg.task["padding_free"]:
-            return self.collator(tokenizer, cfg), None, None
+            return Batching(padded)
         reason = packing.enable(model, cfg, features[:3])
         if reason:
-            return self.collator(tokenizer, cfg), None, f"padded training batches: {reason}"
-        return packing.pack, packing.loss, ("padding-free training batches: the rows' common prefix computed once, "
-                                            "logits only where the loss is taken")
+            return Batching(padded, note=f"padded batches: {reason}")
+        return Batching(packing.pack, packing.loss,
+                        "padding-free batches: the rows' common prefix computed once, logits only where scored")
 
     def example(self, length: int) -> dict:
         return {"input_ids": [5] * length, "labels": [0] * length}
@@ -237,8 +239,16 @@ class Generation:
     def eval_batch(self, model, batch):
         """-> (loss per example, summed NLL per example, label-token count per example). The task's metrics
         replace the loop's per-example mean by the token-weighted loss that perplexity needs."""
+        import torch
         import torch.nn.functional as F
 
+        from ftkit import packing
+
+        if packing.is_packed(batch):
+            nll, owner = packing.token_nll(model, batch), batch["target_rows"]
+            sums = torch.zeros(batch["rows"], device=nll.device).index_add_(0, owner, nll)
+            tokens = torch.bincount(owner, minlength=batch["rows"])
+            return sums / tokens.clamp(min=1), sums, tokens
         out = model(**batch)
         labels = batch["labels"]
         logits = real_positions(out.logits, labels.shape[1])
