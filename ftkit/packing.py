@@ -1,4 +1,5 @@
-"""Padding-free training batches for decoder-only language models (``task.padding_free``, on by default).
+"""Padding-free batches for decoder-only language models (``task.padding_free``, on by default), in training and
+evaluation.
 
 A batch of token rows is sent to the model as one packed row:
 
@@ -90,7 +91,7 @@ def pack(features: list[dict]) -> dict:
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
               ftkit_segments: Segments | None = None, **kwargs):
     """Registered as ``ATTENTION``: transformers' SDPA attention, per row of a packed batch when given its
-    segments, unchanged otherwise (evaluation and generation use ordinary padded batches)."""
+    segments, unchanged otherwise (generation, padded batches)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if ftkit_segments is None:
@@ -140,7 +141,7 @@ def _register() -> None:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     AttentionInterface.register(ATTENTION, attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # evaluation's padded batches: SDPA's masks
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # padded batches (generation): SDPA's masks
 
 
 def unsupported(model, cfg) -> str | None:
@@ -164,8 +165,8 @@ def unsupported(model, cfg) -> str | None:
 
 
 def enable(model, cfg, example: list[dict]) -> str | None:
-    """Switch ``model`` to packed training batches; returns None, or the reason they are not used. ``example``:
-    two or more training features, used to check packed against padded logits on this very model."""
+    """Switch ``model`` to packed batches; returns None, or the reason they are not used. ``example``: a few
+    features (ideally two or more, to share a prefix), used to check packed against padded logits on this model."""
     reason = unsupported(model, cfg)
     if reason:
         return reason
@@ -185,7 +186,7 @@ def _agrees(model, example: list[dict]) -> bool:
 
     rows = [{"input_ids": f["input_ids"][:96], "labels": f["labels"][:96]} for f in example[:3]]
     rows = [r for r in rows if any(t != IGNORE for t in r["labels"][1:])]
-    if len(rows) < 2:
+    if not rows:
         return True  # nothing to compare on: the structural checks above stand
     device = next(model.parameters()).device
     width = max(len(r["input_ids"]) for r in rows)

@@ -45,6 +45,29 @@ def test_two_cpu_processes_train_the_same_model_as_one_with_twice_the_accumulati
     assert len([x for x in lines if '"eval"' in x]) == 4  # written by one process only
 
 
+def test_packed_gen_batches_on_two_processes_equal_one_with_twice_the_accumulation(tiny_causal, copy_data,
+                                                                                   tmp_path):
+    """gen's padding-free batches (ftkit/packing.py) through DDP: each rank packs its own batch."""
+    from safetensors.torch import load_file
+
+    common = ["--task", "gen", "--max-steps", "4", "--set", "method.dropout=0"]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    two = tmp_path / "two"
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "ftkit",
+                           *map(str, train_args(tiny_causal, copy_data, two, *common))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "padding-free batches" in proc.stdout + proc.stderr
+    one = tmp_path / "one"
+    assert run_cli(*train_args(tiny_causal, copy_data, one, *common, "--grad-accum", "2")).exit_code == 0
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m2["train"]["processes"] == 2
+    assert m2["eval"]["loss"] == pytest.approx(m1["eval"]["loss"], abs=1e-5)
+    assert m2["eval"]["tokens"] == m1["eval"]["tokens"]  # every held-out row scored once
+    w1, w2 = (load_file(d / "adapter_model.safetensors") for d in (one, two))
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
+
+
 def test_ranks_that_disagree_fail_the_run(monkeypatch):
     import torch
 
