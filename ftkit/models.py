@@ -153,14 +153,16 @@ def resolve_max_length(cfg, model_config, tokenizer, where) -> int:
     return requested
 
 
-def load_for_training(cfg, task, labels: list[str]):
+def load_for_training(cfg, task, labels: list[str], tokenizer=None):
     """Base model with the task head for ``labels`` -> (model, tokenizer, base path, fresh): ``fresh`` names the
     modules the checkpoint had no weights for (the new head; a pooler an MLM-trained encoder lacks), which are
-    randomly initialised and so must be trained and saved with an adapter."""
+    randomly initialised and so must be trained and saved with an adapter. ``tokenizer``: the base's, when already
+    loaded (check_base_model)."""
     path = base_model_path(cfg.model.name)
     from transformers import AutoConfig
 
-    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
                                               trust_remote_code=cfg.model.trust_remote_code)
     quant = quantization(cfg.model.quant, task)

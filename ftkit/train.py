@@ -133,7 +133,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                               gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available())
     accelerator.wait_for_everyone()  # every rank has checked the run dir before the main one creates it
     set_seed(cfg.train.seed)  # before the model: the new head's initialisation depends on it
-    model, tokenizer, base_path, fresh = load_for_training(cfg, task, labels)
+    model, tokenizer, base_path, fresh = load_for_training(cfg, task, labels, base_tokenizer)
     train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, model.config, eval_table,
                                                                          cfg.data.eval, cfg)
