@@ -34,9 +34,9 @@ class GenParams:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with do_sample)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with do_sample)."})
     padding_free: bool = field(default=True, metadata={
-        "help": "Train decoder-only models on packed batches: no padding, the rows' common prefix (e.g. the chat "
-                "template's system prompt) computed once, logits only where the loss is taken. Same loss as padded "
-                "batches; used where exact (see ftkit/packing.py), padded batches otherwise."})
+        "help": "Train and evaluate decoder-only models on packed batches: no padding, the rows' common prefix (e.g. "
+                "the chat template's system prompt) computed once, logits only where the loss is taken. Same loss as "
+                "padded batches; used where exact (see ftkit/packing.py), padded batches otherwise."})
     generate_eval: bool = field(default=False, metadata={
         "help": "`ftkit eval` also generates a response per prompt and reports exact match and ROUGE-L."})
 
