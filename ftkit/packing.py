@@ -28,7 +28,8 @@ from __future__ import annotations
 import inspect
 from typing import NamedTuple
 
-IGNORE = -100
+from ftkit.tasks._common import IGNORE, pad_collate
+
 ATTENTION = "ftkit_padding_free"
 
 
@@ -144,9 +145,14 @@ def _register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # padded batches (generation): SDPA's masks
 
 
+def _base(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def unsupported(model, cfg) -> str | None:
     """Why packed batches cannot be used for ``model`` (the peft-wrapped or plain transformers model), or None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     conf = base.config
     peft_conf = getattr(model, "active_peft_config", None)
     if getattr(conf, "is_encoder_decoder", False):
@@ -171,7 +177,7 @@ def enable(model, cfg, example: list[dict]) -> str | None:
     if reason:
         return reason
     _register()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     base.config._attn_implementation = ATTENTION  # not saved: config.json leaves out the attention choice
     if not _agrees(model, example):
         base.config._attn_implementation = "sdpa"
@@ -189,19 +195,15 @@ def _agrees(model, example: list[dict]) -> bool:
     if not rows:
         return True  # nothing to compare on: the structural checks above stand
     device = next(model.parameters()).device
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows], device=device)
-    att = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows],
-                       device=device)
-    packed = pack(rows)
+    padded = send_to_device(pad_collate(0, label_pad=IGNORE)(rows), device)
+    packed = send_to_device(pack(rows)["packed"], device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            padded = model(input_ids=ids, attention_mask=att).logits.float()
-            got = model(**send_to_device(packed["packed"], device)).logits[0].float()
+            logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits.float()
+            got = model(**packed).logits[0].float()
     finally:
         model.train(was_training)
-    want = torch.cat([padded[r, [j - 1 for j in range(1, len(row["labels"])) if row["labels"][j] != IGNORE]]
-                      for r, row in enumerate(rows)])
+    want = logits[:, :-1][padded["labels"][:, 1:] != IGNORE]  # position j - 1 predicts token j; rows in order
     return got.shape == want.shape and bool(torch.allclose(got, want, atol=1e-3, rtol=1e-3))

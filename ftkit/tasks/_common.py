@@ -5,6 +5,8 @@ from __future__ import annotations
 from ftkit.data import Table
 from ftkit.errors import UsageError
 
+IGNORE = -100  # the label of a position that takes no loss (PyTorch's cross-entropy default ignore_index)
+
 
 def pad_collate(pad_id: int, label_pad: int | None = None):
     """Dynamic padding to the longest sequence in the batch (no waste from a fixed max length)."""

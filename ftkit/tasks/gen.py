@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from ftkit.data import Table, to_features
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import pad_collate, real_positions
+from ftkit.tasks._common import IGNORE, pad_collate, real_positions
 
-IGNORE = -100
 FORMATS = ("auto", "pairs", "chat", "text")
 
 

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from ftkit.data import Table
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import head_modules, real_positions
-
-IGNORE = -100
+from ftkit.tasks._common import IGNORE, head_modules, real_positions
 
 
 @dataclass

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from ftkit.data import Table
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import LabelledTask, confusion_metrics, pad_collate, real_positions, sort_labels
+from ftkit.tasks._common import (IGNORE, LabelledTask, confusion_metrics, pad_collate, real_positions,
+                                 sort_labels)
 
-IGNORE = -100
 SCHEMES = ("auto", "iob2", "iobes", "none")
 _ENTITY_TAG = re.compile(r"^(O|[BIES]-.+)$")
 
