@@ -7,6 +7,7 @@ import dataclasses
 from ftkit import config as config_mod
 from ftkit.data import read_table
 from ftkit.errors import UsageError
+from ftkit.models import cpu_kernels
 
 
 def settings(loaded, sets: list[str]) -> config_mod.Config:
@@ -44,9 +45,10 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     collate = batching(task, loaded.model, loaded.tokenizer, cfg, feats).collate
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=collate))
     model = accelerator.prepare(loaded.model)
-    metrics = {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, cfg, accelerator)}
-    if cfg.task.get("generate_eval"):
-        metrics |= task.generation_metrics(loaded.model, loaded.tokenizer, table, cfg)
+    with cpu_kernels(loaded.model):
+        metrics = {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, cfg, accelerator)}
+        if cfg.task.get("generate_eval"):
+            metrics |= task.generation_metrics(loaded.model, loaded.tokenizer, table, cfg)
     return metrics
 
 
@@ -59,4 +61,5 @@ def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batc
         table = loaded.task.text_input(text, cfg)
     else:
         table = read_table(file)
-    return loaded.task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size, stream=stream)
+    with cpu_kernels(loaded.model):
+        return loaded.task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size, stream=stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,34 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"(?s).*rank_pattern keys did not match.*lora_E", category=RuntimeWarning)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+
+
+def cpu_kernels(model, precision: str = "fp32"):
+    """A context to run ``model`` in: on CPU in fp32, PyTorch's own kernels instead of oneDNN's.
+
+    In fp32 the only oneDNN kernels a text model meets are element-wise ones (BERT's GELU); oneDNN compiles and
+    keeps them per input shape, and variable-length batches bring a new shape most steps: +170 MiB resident over 68
+    lengths of one feed-forward block (+30 MiB without; tests/test_memory.py), +110 MiB peak RSS over a 128-step
+    MiniLM run, for no speed (PyTorch's GELU is as fast; bench/RESULTS.md). bf16 keeps oneDNN (its matrix
+    multiplications run there), and so do quantized weights."""
+    import torch
+
+    if torch.cuda.is_available() or precision != "fp32" or not hasattr(model, "parameters") or \
+            any(p.dtype != torch.float32 for p in model.parameters()):
+        return contextlib.nullcontext()
+    return _onednn_off()
+
+
+@contextlib.contextmanager
+def _onednn_off():
+    import torch
+
+    was = torch.backends.mkldnn.enabled  # only this flag: torch's flags() resets the others and warns on CPU
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",

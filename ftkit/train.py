@@ -106,8 +106,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit.distributed import check_ranks_agree, check_scale_out
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
-    from ftkit.models import (check_base_model, check_quant_training, load_for_training, quiet_libraries,
-                              trained_modules)
+    from ftkit.models import (check_base_model, check_quant_training, cpu_kernels, load_for_training,
+                              quiet_libraries, trained_modules)
     from ftkit.plots import curves
     from ftkit.report import Reporter, model_card
     from ftkit.tasks import batching
@@ -166,11 +166,13 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     batches = batching(task, model, tokenizer, cfg, train_features)
     if batches.note:
         reporter.note(batches.note)
-    result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
-                        collate=batches.collate, loss_fn=batches.loss, task=task, labels=labels, main_metric=main_metric,
-                        cfg=cfg, accelerator=accelerator, reporter=reporter, resume=resuming, step_hook=step_hook,
-                        make_checkpointer=lambda prepared: Checkpointer(
-                            run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.warn))
+    with cpu_kernels(model, cfg.train.precision):
+        result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
+                            collate=batches.collate, loss_fn=batches.loss, task=task, labels=labels,
+                            main_metric=main_metric, cfg=cfg, accelerator=accelerator, reporter=reporter,
+                            resume=resuming, step_hook=step_hook,
+                            make_checkpointer=lambda prepared: Checkpointer(
+                                run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.warn))
 
     check_ranks_agree(accelerator, model)
     summary = {"main_metric": main_metric, "eval": result.best,

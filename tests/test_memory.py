@@ -47,6 +47,67 @@ def test_info_table_and_dry_run_show_the_estimate(tiny_model, sentiment, monkeyp
     assert "activations (batch 4 x 16 tokens" in result.output
 
 
+
+def _rss_anon_mib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) // 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from Linux /proc")
+def test_variable_length_batches_do_not_pile_up_onednn_kernels():
+    """oneDNN compiles and keeps a GELU kernel per input shape (a feed-forward block over 68 lengths: +170 MiB
+    resident with it, +30 MiB without); under cpu_kernels PyTorch's own kernel runs. Widths no other test uses, so
+    no shape is already cached in this process."""
+    import torch
+
+    from ftkit.models import cpu_kernels
+
+    block = torch.nn.Sequential(torch.nn.Linear(96, 1000), torch.nn.GELU(), torch.nn.Linear(1000, 96))
+    before = _rss_anon_mib()
+    with cpu_kernels(block):
+        for length in range(3, 71):
+            block(torch.randn(16, length, 96, requires_grad=True)).sum().backward()
+    assert _rss_anon_mib() - before < 90
+
+
+def test_cpu_kernels_in_training_eval_and_predict_fp32_only(tiny_model, sentiment, tmp_path):
+    import torch
+
+    from ftkit.models import cpu_kernels
+
+    quantized = torch.nn.Linear(4, 4)
+    quantized.weight = torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.int8), requires_grad=False)
+    with cpu_kernels(quantized):
+        assert torch.backends.mkldnn.enabled
+    with cpu_kernels(torch.nn.Linear(4, 4), "bf16"):  # bf16 matrix multiplications run in oneDNN
+        assert torch.backends.mkldnn.enabled
+
+    seen = set()  # the flag at every forward pass of every module a command runs
+
+    def flag_at_forward(*_):
+        seen.add(torch.backends.mkldnn.enabled)
+
+    def forwards(*args) -> set:
+        seen.clear()
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.output
+        return set(seen)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(flag_at_forward)
+    try:
+        run = tmp_path / "fp32"
+        assert forwards("train", "--model", tiny_model, "--data", sentiment["train"], "--output", run,
+                        "--max-steps", "2") == {False}
+        assert forwards("eval", run, "--data", sentiment["eval"]) == {False}
+        assert forwards("predict", run, "--text", "a fine film") == {False}
+        assert forwards("train", "--model", tiny_model, "--data", sentiment["train"], "--output", tmp_path / "bf16",
+                        "--precision", "bf16", "--max-steps", "2") == {True}
+    finally:
+        hook.remove()
+    assert torch.backends.mkldnn.enabled  # restored after each command
+
+
 # Peak memory of a training process: the bytes malloc hands out (live; glibc keeps freed pieces mapped, so resident
 # memory runs higher and keeps creeping over a run: 2.0-2.6 GB vs a steady 1.05 GB live for minilm LoRA batch 32)
 # sampled after every PyTorch op, plus the weight files' pages safetensors maps in; both over the level after
