@@ -8,7 +8,9 @@ mask is used), and every tensor autograd saves is counted once. Depth 2 minus de
 (embeddings, head, loss) is fixed; 4 rows minus 2 is what grows with the batch, the rest (e.g. autocast's weight
 copies) does not. With gradient checkpointing only the layer
 inputs are kept, plus one layer's activations while it is recomputed. The backward pass adds a working set of
-three times the largest saved tensor. Checked against measured peaks in tests/test_memory.py.
+three times the largest saved tensor. Checked against measured peaks in tests/test_memory.py. The rows are padded
+and scored at every position: for gen's padding-free batches (ftkit/packing.py: shared prompt prefix, logits only
+where scored) it is an upper bound.
 """
 
 from __future__ import annotations

@@ -162,12 +162,21 @@ def long_rows(task: str, n: int = 96) -> list[dict]:
 @pytest.mark.parametrize("model, task, method, batch", [
     ("minilm", "cls", "lora", 32), ("minilm", "cls", "full", 16), ("smollm2-135m", "gen", "lora", 8)])
 def test_estimate_is_within_25_percent_of_the_measured_peak(tmp_path, model, task, method, batch):
+    """The estimate models padded rows, scored at every position; a gen run's default padding-free batches (shared
+    prompt prefix, logits only where scored) need less, so for them it is an upper bound."""
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in long_rows(task)), encoding="utf-8")
     args = ["train", "--model", model, "--task", task, "--method", method, "--data", str(data), "--batch-size",
-            str(batch), "--max-length", "128", "--max-steps", "3", "--output", str(tmp_path / "run"), "--quiet"]
-    measured = json.loads(subprocess.run([sys.executable, "-c", PEAK, *args], capture_output=True, text=True,
+            str(batch), "--max-length", "128", "--max-steps", "3", "--output", str(tmp_path / "run"), "--overwrite",
+            "--quiet"]
+
+    def measured(*extra: str) -> int:
+        return json.loads(subprocess.run([sys.executable, "-c", PEAK, *args, *extra], capture_output=True, text=True,
                                          check=True, env=os.environ).stdout)["peak_bytes"]
+
     estimate = info(model, "--task", task, "--method", method, "--batch-size", str(batch), "--max-length", "128")
-    ratio = estimate["estimated_peak_bytes"] / measured
-    assert 0.75 <= ratio <= 1.25, (estimate, measured)
+    padded = measured("--set", "task.padding_free=false") if task == "gen" else measured()
+    assert 0.75 <= estimate["estimated_peak_bytes"] / padded <= 1.25, (estimate, padded)
+    if task == "gen":
+        packed = measured()
+        assert packed <= estimate["estimated_peak_bytes"], (estimate, packed)
