@@ -36,7 +36,7 @@ def cpu_kernels(model, precision: str = "fp32"):
     In fp32 the only oneDNN kernels a text model meets are element-wise ones (BERT's GELU); oneDNN compiles and
     keeps them per input shape, and variable-length batches bring a new shape most steps: +170 MiB resident over 68
     lengths of one feed-forward block (+30 MiB without; tests/test_memory.py), +110 MiB peak RSS over a 128-step
-    MiniLM run, for no speed (PyTorch's GELU is as fast; bench/RESULTS.md). bf16 keeps oneDNN (its matrix
+    MiniLM run, and no speed gained (PyTorch's GELU times the same; bench/RESULTS.md). bf16 keeps oneDNN (its matrix
     multiplications run there), and so do quantized weights."""
     import torch
 

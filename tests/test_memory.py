@@ -47,13 +47,16 @@ def test_info_table_and_dry_run_show_the_estimate(tiny_model, sentiment, monkeyp
     assert "activations (batch 4 x 16 tokens" in result.output
 
 
-
 def _rss_anon_mib() -> int:
     for line in open("/proc/self/status"):
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) // 1024
 
 
+CPU_ONLY = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="about CPU kernels; runs go to CUDA")
+
+
+@CPU_ONLY
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from Linux /proc")
 def test_variable_length_batches_do_not_pile_up_onednn_kernels():
     """oneDNN compiles and keeps a GELU kernel per input shape (a feed-forward block over 68 lengths: +170 MiB
@@ -71,6 +74,7 @@ def test_variable_length_batches_do_not_pile_up_onednn_kernels():
     assert _rss_anon_mib() - before < 90
 
 
+@CPU_ONLY
 def test_cpu_kernels_in_training_eval_and_predict_fp32_only(tiny_model, sentiment, tmp_path):
     import torch
 
