@@ -96,9 +96,9 @@ def convert_gguf(gguf: Path, package: Package) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftkit.models import quiet_libraries
+    from ftkit.libraries import prepare_libraries
 
-    quiet_libraries()
+    prepare_libraries()
     print(f"ftkit: converting {gguf.name} to a Hugging Face checkpoint in {out} (first use only)", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -19,12 +19,13 @@ def describe(cfg, labels: list[str] | None = None) -> dict:
 
     from ftkit import memory
     from ftkit.methods import METHODS, Context
-    from ftkit.models import base_model_path, load_tokenizer, quiet_libraries, resolve_max_length
+    from ftkit.libraries import prepare_libraries
+    from ftkit.models import base_model_path, load_tokenizer, resolve_max_length
     from ftkit.tasks import TASKS
     from ftkit.train import count_params
 
     task, method = TASKS.get(cfg.task_name), METHODS.get(cfg.method_name)
-    quiet_libraries()
+    prepare_libraries()
     path = base_model_path(cfg.model.name)
     labels = labels or ["0", "1"]
     model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),

@@ -9,25 +9,7 @@ from pathlib import Path
 
 from ftkit import catalog
 from ftkit.errors import UsageError
-
-
-def quiet_libraries() -> None:
-    """Keep transformers' expected-but-noisy load messages (new head weights, etc.) out of the user's terminal."""
-    import logging
-    import warnings
-
-    import transformers
-
-    # bitsandbytes logs on every quantized forward, and at import (via peft) about an optional CPU kernel package
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    # peft 0.21's prepare_model_for_kbit_training uses transformers' deprecated names; nothing the user can change
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*is deprecated", category=FutureWarning)
-    # peft checks AdaLoRA's saved rank pattern (keyed by its lora_E parameters) against module names, which never
-    # match; the pruned ranks are saved as zeros, so the reloaded adapter computes what was trained (tests/test_methods)
-    warnings.filterwarnings("ignore", message=r"(?s).*rank_pattern keys did not match.*lora_E", category=RuntimeWarning)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+from ftkit.libraries import prepare_libraries
 
 
 def cpu_kernels(model, precision: str = "fp32"):
@@ -143,7 +125,7 @@ def check_base_model(cfg, task):
     -> (model config, tokenizer, the data.max_length to use)."""
     path = base_model_path(cfg.model.name)
     check_weights_format(path, cfg.model.allow_pickle)
-    quiet_libraries()
+    prepare_libraries()
     from transformers import AutoConfig
 
     try:
@@ -308,7 +290,7 @@ def load_trained(name: str, task_name: str | None = None, quant: str | None = No
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: not a run dir or Hugging Face checkpoint (no config.json)")
     task = TASKS.get(task_name or _task_from_architecture(path))
-    quiet_libraries()
+    prepare_libraries()
     from transformers import AutoConfig
 
     trust = bool(cfg and cfg.model.trust_remote_code)

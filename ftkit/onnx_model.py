@@ -27,7 +27,8 @@ def onnx_file(name: str) -> Path | None:
 
 def load_onnx(file: Path, task_name: str | None, quant: str | None):
     from ftkit import config as config_mod
-    from ftkit.models import Loaded, load_tokenizer, quiet_libraries
+    from ftkit.libraries import prepare_libraries
+    from ftkit.models import Loaded, load_tokenizer
     from ftkit.onnx_export import check_available
     from ftkit.tasks import TASKS
 
@@ -40,7 +41,7 @@ def load_onnx(file: Path, task_name: str | None, quant: str | None):
     meta = json.loads((folder / META).read_text(encoding="utf-8"))
     if task_name not in (None, meta["task"]):
         raise UsageError(f"{file}: exported as task {meta['task']!r}, not {task_name!r}")
-    quiet_libraries()
+    prepare_libraries()
     from transformers import AutoConfig
 
     model = OnnxModel(file, AutoConfig.from_pretrained(folder), meta["verification"]["inputs"])

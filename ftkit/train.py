@@ -104,10 +104,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit import tracking
     from ftkit.checkpoint import Checkpointer
     from ftkit.distributed import check_ranks_agree, check_scale_out
+    from ftkit.libraries import prepare_libraries
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
-    from ftkit.models import (check_base_model, check_quant_training, cpu_kernels, load_for_training,
-                              quiet_libraries, trained_modules)
+    from ftkit.models import check_base_model, check_quant_training, cpu_kernels, load_for_training, trained_modules
     from ftkit.plots import curves
     from ftkit.report import Reporter, model_card
     from ftkit.tasks import batching
@@ -125,7 +125,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     resuming = resume and (run_dir / "ftkit.yaml").is_file()
     if resuming:
         check_resumable(run_dir, cfg)
-    quiet_libraries()
+    prepare_libraries()
     import torch
 
     # cpu=True on a machine without CUDA: that is what makes Accelerate join a torchrun process group over gloo

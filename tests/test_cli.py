@@ -26,6 +26,43 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert time.perf_counter() - start < 1.0
 
 
+def test_library_setup_leaves_torch_compile_to_the_quantized_kernels_that_need_it():
+    # bitsandbytes (imported by peft for every method) torch.compiles kernels at import, which imports torch's
+    # inductor: ~0.75 s of each run's start-up; prepare_libraries defers that to the kernels' first call
+    code = ("import sys, torch\nreal = torch.compile\nfrom ftkit.libraries import prepare_libraries\n"
+            "prepare_libraries()\nimport peft, bitsandbytes\n"
+            "print('torch._inductor.compile_fx' in sys.modules, torch.compile is real)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_deferred_compile_compiles_once_at_the_first_call_with_the_same_arguments():
+    from ftkit.libraries import deferred_compile
+
+    calls = []
+
+    def compile_fn(fn, **kwargs):
+        calls.append(kwargs)
+        return lambda *a, **k: ("compiled", fn(*a, **k))
+
+    @deferred_compile(compile_fn, dynamic=False)  # torch.compile(**kwargs) as a decorator
+    def double(x):
+        return 2 * x
+
+    assert calls == [] and double.__name__ == "double"
+    assert (double(3), double(x=4)) == (("compiled", 6), ("compiled", 8))
+    assert calls == [{"dynamic": False}]
+    module = deferred_compile(compile_fn, __import__("torch").nn.Linear(1, 1))  # not a function: compiled at once
+    assert callable(module) and len(calls) == 2
+
+    def failing(fn, **kwargs):
+        calls.append("failed")
+        raise RuntimeError("no compiler")
+
+    plus_one = deferred_compile(failing, lambda x: x + 1)
+    assert (plus_one(1), plus_one(2)) == (2, 3) and calls[2:] == ["failed"]  # runs as it is, tried once
+
+
 def test_usage_errors_exit_2_with_one_line(tmp_path, tiny_model, sentiment):
     cases = [
         (["train", "--method", "nope", "--output", tmp_path / "a"], "unknown method 'nope'; choose one of:"),

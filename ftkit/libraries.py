@@ -1,0 +1,72 @@
+"""Setting up the libraries ftkit drives, once per process before any model work: their expected-but-noisy
+messages kept out of the user's terminal, and bitsandbytes imported without its start-up cost."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import sys
+
+
+def prepare_libraries() -> None:
+    import logging
+    import warnings
+
+    import transformers
+
+    # bitsandbytes logs on every quantized forward, and at import (via peft) about an optional CPU kernel package
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # peft 0.21's prepare_model_for_kbit_training uses transformers' deprecated names; nothing the user can change
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*is deprecated", category=FutureWarning)
+    # peft checks AdaLoRA's saved rank pattern (keyed by its lora_E parameters) against module names, which never
+    # match; the pruned ranks are saved as zeros, so the reloaded adapter computes what was trained (tests/test_methods)
+    warnings.filterwarnings("ignore", message=r"(?s).*rank_pattern keys did not match.*lora_E", category=RuntimeWarning)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    import_bitsandbytes()
+
+
+def import_bitsandbytes() -> None:
+    """Import bitsandbytes (peft imports it whatever the method) with its torch.compile calls deferred.
+
+    bitsandbytes wraps some kernels in ``torch.compile`` as it is imported, and setting a compilation up imports
+    torch's inductor: 0.75 s of every run's start-up (bench/RESULTS.md), for kernels that only quantized runs call.
+    Here each such call returns a function that sets the compilation up the first time it is called, with the same
+    arguments — what ``torch.compile`` would have compiled, at the moment it would have compiled it."""
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    import torch
+
+    real = torch.compile
+    torch.compile = functools.partial(deferred_compile, real)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:  # a broken install: peft imports it the same way and goes on without it
+        pass
+    finally:
+        torch.compile = real
+
+
+def deferred_compile(compile_fn, model=None, **kwargs):
+    """``compile_fn(model, **kwargs)`` postponed to ``model``'s first call; used as a decorator when ``model`` is
+    None. Anything but a plain function (a module, say) is compiled at once. A compilation that cannot be set up
+    leaves the function to run as it is, which is what bitsandbytes falls back to."""
+    if model is None:
+        return functools.partial(deferred_compile, compile_fn, **kwargs)
+    if not inspect.isfunction(model):
+        return compile_fn(model, **kwargs)
+    compiled = None
+
+    @functools.wraps(model)
+    def call(*args, **kw):
+        nonlocal compiled
+        if compiled is None:
+            try:
+                compiled = compile_fn(model, **kwargs)
+            except Exception:
+                compiled = model
+        return compiled(*args, **kw)
+
+    return call
