@@ -57,9 +57,11 @@ class EpochBatches:
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
-def make_optimizer(model, lr: float, weight_decay: float, cuda: bool):
-    """AdamW over trainable parameters; no decay on biases and norm weights (1-D tensors). Fused on CUDA,
-    foreach (multi-tensor) on CPU: one kernel launch per group instead of one per parameter."""
+def make_optimizer(model, lr: float, weight_decay: float):
+    """AdamW over trainable parameters; no decay on biases and norm weights (1-D tensors). Fused — one kernel for
+    the whole update — on CPU as on CUDA: on MiniLM's 22.7M parameters a CPU step takes 15 ms fused, 70 ms foreach
+    (multi-tensor), 76 ms one parameter at a time; on its 74k LoRA parameters 0.19 / 0.57 / 0.80 ms
+    (bench/PARTS.md)."""
     import torch
 
     decay, no_decay = [], []
@@ -67,8 +69,7 @@ def make_optimizer(model, lr: float, weight_decay: float, cuda: bool):
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kind = {"fused": True} if cuda else {"foreach": True}
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **kind)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=True)
 
 
 def evaluate(model, loader, task, labels, cfg, accelerator) -> dict:
@@ -153,7 +154,7 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
                               generator=torch.Generator().manual_seed(t.seed))
     eval_loader = DataLoader(eval_features, batch_size=t.batch_size * 2, collate_fn=collate,  # no grads: 2x fits
                              generator=torch.Generator().manual_seed(t.seed))
-    optimizer = make_optimizer(model, t.lr, t.weight_decay, accelerator.device.type == "cuda")
+    optimizer = make_optimizer(model, t.lr, t.weight_decay)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     checkpointer = make_checkpointer(model)  # it needs the prepared model's parameter names
 
