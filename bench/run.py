@@ -6,8 +6,9 @@
 Each round runs ftkit and the reference once each, alternating which goes first. Both train one epoch of the same
 rows with the same hyper-parameters and print a line per optimizer step on stderr, which the harness timestamps:
 start-up is the time from launch to the first step, throughput is measured between the first and the last step
-(so neither start-up nor the final evaluation counts). Peak memory is the child's peak RSS (CPU) or, with
-``--device cuda``, the peak allocated GPU memory each reports.
+(so neither start-up nor the final evaluation counts). ftkit's runs share the environment's ``$FTKIT_CACHE``: after
+the first they read their tokenization from it (``--ablate`` times runs that tokenize afresh). Peak memory is the
+child's peak RSS (CPU) or, with ``--device cuda``, the peak allocated GPU memory each reports.
 """
 
 from __future__ import annotations
@@ -90,18 +91,21 @@ def _run(cmd: list[str], env: dict, log: Path) -> dict:
 
 
 # --ablate: ftkit with one of its optimisations switched off, to measure what that one brings: the tasks it
-# applies to, and the flags that switch it off
-ABLATIONS = {"no length grouping": (("cls", "tag", "gen"), ["--set", "train.group_by_length=false"]),
-             "no padding-free batches": (("gen",), ["--set", "task.padding_free=false"])}
+# applies to, the flags that switch it off, and whether the run gets an empty cache folder (so it tokenizes afresh)
+ABLATIONS = {"no length grouping": (("cls", "tag", "gen"), ["--set", "train.group_by_length=false"], False),
+             "no padding-free batches": (("gen",), ["--set", "task.padding_free=false"], False),
+             "no tokenization cache": (("cls", "tag", "gen"), [], True)}
 
 
 def run_ftkit(w: Workload, model: str, train: str, eval_: str, folder: Path, env: dict,
-              extra: tuple[str, ...] = ()) -> dict:
+              extra: tuple[str, ...] = (), fresh_cache: bool = False) -> dict:
     out = folder / f"{w.name}-ftkit-run"
-    r = _run([sys.executable, "-m", "ftkit", "train", "--task", w.task, "--method", "lora", "--model", model,
-              "--data", train, "--eval-data", eval_, "--output", str(out), "--overwrite", "--epochs", "1",
-              "--batch-size", str(w.batch_size), "--max-length", str(w.max_length), "--lr", str(w.lr),
-              "--set", "train.log_every=1", *extra], env, folder / f"{w.name}-ftkit.log")
+    with tempfile.TemporaryDirectory(dir=folder) as cache:  # the model is a folder: nothing else is fetched there
+        r = _run([sys.executable, "-m", "ftkit", "train", "--task", w.task, "--method", "lora", "--model", model,
+                  "--data", train, "--eval-data", eval_, "--output", str(out), "--overwrite", "--epochs", "1",
+                  "--batch-size", str(w.batch_size), "--max-length", str(w.max_length), "--lr", str(w.lr),
+                  "--set", "train.log_every=1", *extra], env | ({"FTKIT_CACHE": cache} if fresh_cache else {}),
+                 folder / f"{w.name}-ftkit.log")
     summary = json.loads((out / "metrics.json").read_text())
     metric = {"cls": "accuracy", "tag": "accuracy", "gen": "perplexity"}[w.task]
     return r | {"metric": summary["eval"][metric], "peak_gpu_mb": _mb(summary["train"].get("peak_gpu_bytes"))}
@@ -127,8 +131,8 @@ def bench(w: Workload, reps: int, folder: Path, device: str, ablate: bool = Fals
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     runs = {"ftkit": [], "reference": []}
-    variants = {name: (lambda *a, extra=tuple(flags): run_ftkit(*a, extra=extra))
-                for name, (tasks, flags) in ABLATIONS.items() if w.task in tasks} if ablate else {}
+    variants = {name: (lambda *a, extra=tuple(flags), fresh=fresh: run_ftkit(*a, extra=extra, fresh_cache=fresh))
+                for name, (tasks, flags, fresh) in ABLATIONS.items() if w.task in tasks} if ablate else {}
     for rep in range(reps):
         order = [("ftkit", run_ftkit), ("reference", run_reference), *variants.items()]
         for name, fn in (order if rep % 2 == 0 else order[::-1]):
@@ -176,16 +180,21 @@ def help_seconds(repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def render(results: list[dict], command: str, help_s: float | None, device: str) -> str:
+def environment(device: str) -> str:
+    """The line naming the device, the machine and the library versions a results file was measured with."""
     import accelerate
     import peft
     import torch
     import transformers
 
-    lines = ["# Benchmark: ftkit vs a plain Trainer + peft script", "",
-             f"Command: `{command}`  ", f"Device: {device}; machine: {platform.platform()}, "
-             f"{os.cpu_count()} CPUs; Python {platform.python_version()}, torch {torch.__version__}, transformers "
-             f"{transformers.__version__}, peft {peft.__version__}, accelerate {accelerate.__version__}", "",
+    return (f"Device: {device}; machine: {platform.platform()}, {os.cpu_count()} CPUs; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, peft "
+            f"{peft.__version__}, accelerate {accelerate.__version__}")
+
+
+def render(results: list[dict], command: str, help_s: float | None, device: str) -> str:
+    lines = ["# Benchmark: ftkit vs a plain Trainer + peft script", "", f"Command: `{command}`  ", environment(device),
+             "",
              "Ratios are ftkit / reference per round (min / median / max); throughput > 1 and memory < 1 favour ftkit.",
              ""]
     if help_s is not None:
@@ -213,17 +222,17 @@ def render(results: list[dict], command: str, help_s: float | None, device: str)
                      f"{metric} {med(f, 'metric'):.4f} | {med(r, 'metric'):.4f} |")
     ablated = [res for res in results if set(res["runs"]) - {"ftkit", "reference"}]
     if ablated:
-        lines += ["", "Where the gains come from: ftkit with one optimisation off (`--ablate`), throughput and peak "
-                  "memory as a ratio to ftkit with everything on, same rounds (median).", "",
-                  "| workload | switched off | samples/s ratio | peak memory ratio | metric |", "|---|---|---|---|---|"]
+        lines += ["", "Where the gains come from: ftkit with one optimisation off (`--ablate`), as a ratio to ftkit "
+                  "with everything on, same rounds (median).", "",
+                  "| workload | switched off | samples/s ratio | start-up ratio | peak memory ratio | metric |",
+                  "|---|---|---|---|---|---|"]
         for res in ablated:
             f = res["runs"]["ftkit"]
             for name in [n for n in ABLATIONS if n in res["runs"]]:
                 v = res["runs"][name]
-                tput = statistics.median(x["samples_per_s"] for x in v) / statistics.median(
-                    x["samples_per_s"] for x in f)
-                mem = statistics.median(x["peak_rss_mb"] for x in v) / statistics.median(x["peak_rss_mb"] for x in f)
-                lines.append(f"| {res['workload']['name']} | {name} | {tput:.2f} | {mem:.2f} | "
+                tput, start, mem = (statistics.median(x[key] for x in v) / statistics.median(x[key] for x in f)
+                                    for key in ("samples_per_s", "startup_s", "peak_rss_mb"))
+                lines.append(f"| {res['workload']['name']} | {name} | {tput:.2f} | {start:.2f} | {mem:.2f} | "
                              f"{statistics.median(x['metric'] for x in v):.4f} |")
     return "\n".join(lines) + "\n"
 
