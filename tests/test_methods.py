@@ -175,3 +175,91 @@ def test_4bit_inference_on_cpu_for_a_run_and_a_plain_checkpoint(tiny_model, sent
 def test_unknown_inference_quant_is_a_usage_error(tiny_model, sentiment):
     result = run_cli("eval", tiny_model, "--task", "cls", "--data", sentiment["eval"], "--quant", "3bit")
     assert result.exit_code == 2 and "--quant 3bit: expected one of none, 8bit, 4bit" in result.output
+
+
+def _lora_pair(tiny_model, dropout: float):
+    """The same LoRA model twice: as peft builds it, and with ftkit's fused dropout."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from ftkit.methods._lora_dropout import fuse_dropout
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    stock = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, task_type="SEQ_CLS",
+                                            target_modules=["query", "key", "value", "dense"], init_lora_weights=False))
+    fused = copy.deepcopy(stock)
+    fuse_dropout(fused)
+    return stock, fused
+
+
+def _grads_after_step(model, batch, seed: int, autocast: bool = False):
+    import torch
+
+    model.train()
+    model.zero_grad()
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_lora_dropout_computes_what_peft_computes_and_keeps_less(tiny_model):
+    import torch
+
+    from ftkit.methods._lora_dropout import DropoutLinear
+
+    stock, fused = _lora_pair(tiny_model, dropout=0.3)
+    downs = [m for n, m in fused.named_modules() if n.endswith("lora_A.default")]
+    # query, key, value and three `dense` per layer, 2 layers, and the pooler's `dense`
+    assert len(downs) == 13 and all(type(m) is DropoutLinear for m in downs)
+    assert fused.state_dict().keys() == stock.state_dict().keys()  # saved and merged as peft's
+    batch = {"input_ids": torch.randint(5, 30, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long),
+             "labels": torch.tensor([0, 1, 1, 0])}
+    for autocast, tol in ((False, {"rtol": 1e-5, "atol": 1e-6}), (True, {"rtol": 2e-2, "atol": 2e-3})):
+        for seed in (1, 2):  # the same masks from the same random stream: equal losses and gradients
+            (loss_a, grads_a), (loss_b, grads_b) = (_grads_after_step(m, batch, seed, autocast) for m in (stock, fused))
+            torch.testing.assert_close(loss_b, loss_a, **tol)
+            assert grads_a.keys() == grads_b.keys()
+            for name in grads_a:
+                torch.testing.assert_close(grads_b[name], grads_a[name], **tol, msg=name)
+        assert not torch.equal(_grads_after_step(fused, batch, 1)[0], _grads_after_step(fused, batch, 3)[0])
+    stock.eval(), fused.eval()
+    with torch.no_grad():  # evaluation: no dropout
+        torch.testing.assert_close(fused(**batch).logits, stock(**batch).logits)
+
+    def saved_bytes(model):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(**batch).loss.backward()
+        return sum(storages.values())
+
+    stock_bytes, fused_bytes = saved_bytes(stock), saved_bytes(fused)
+    assert fused_bytes < 0.85 * stock_bytes, (fused_bytes, stock_bytes)
+
+
+def test_lora_dropout_is_fused_for_lora_only(tiny_model):
+    from ftkit.methods._lora_dropout import DropoutLinear
+
+    def kinds(method, dropout):
+        ctx = type("Ctx", (), {"head": ["classifier"], "peft_task_type": "SEQ_CLS"})()
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+        params = {"r": 4, "alpha": 8.0, "dropout": dropout, "target_modules": None}
+        wrapped = METHODS.get(method).apply(model, params, ctx)
+        return {type(m).__name__ for n, m in wrapped.named_modules() if n.endswith("lora_A.default")}
+
+    assert kinds("lora", 0.1) == {DropoutLinear.__name__}
+    assert kinds("lora", 0.0) == {"Linear"}  # nothing to fuse
+    assert kinds("dora", 0.1) == {"Linear"}  # DoRA's variant reads the dropped input itself

@@ -64,4 +64,10 @@ class Lora:
         config = LoraConfig(r=params["r"], lora_alpha=params["alpha"], lora_dropout=params["dropout"],
                             target_modules=targets(params), modules_to_save=ctx.head or None,
                             task_type=ctx.peft_task_type, use_dora=self.use_dora)
-        return wrap(model, config, params)
+        model = wrap(model, config, params)
+        if not self.use_dora:  # DoRA's variant takes the dropped input itself
+            from ftkit.methods._lora_dropout import fuse_dropout
+
+            fuse_dropout(model)
+        return model
+
