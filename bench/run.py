@@ -92,7 +92,9 @@ def _run(cmd: list[str], env: dict, log: Path) -> dict:
 
 # --ablate: ftkit with one of its optimisations switched off, to measure what that one brings: the tasks it
 # applies to, the flags that switch it off, and whether the run gets an empty cache folder (so it tokenizes afresh)
-ABLATIONS = {"no length grouping": (("cls", "tag", "gen"), ["--set", "train.group_by_length=false"], False),
+ABLATIONS = {"no length grouping": (("cls", "tag"), ["--set", "train.group_by_length=false"], False),
+             # gen's packed batches have no padding to cut, and are not grouped unless asked
+             "packed batches grouped by length": (("gen",), ["--set", "train.group_by_length=true"], False),
              "no padding-free batches": (("gen",), ["--set", "task.padding_free=false"], False),
              "no tokenization cache": (("cls", "tag", "gen"), [], True)}
 

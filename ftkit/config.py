@@ -61,7 +61,10 @@ class TrainConfig:
     eval_every: int | None = _f(None, "Evaluate every N optimizer steps; default once per epoch. Always at the end.")
     log_every: int = _f(10, "Log the training loss every N optimizer steps.")
     patience: int = _f(0, "Stop after N evaluations without improvement of the main metric (0 = never).")
-    group_by_length: bool = _f(True, "Batch examples of similar length together to cut padding (shuffled).")
+    group_by_length: bool | None = _f(None, "Batch examples of similar length together to cut padding (shuffled). "
+                                            "Default: on, except for gen's padding-free batches, which have no "
+                                            "padding to cut (grouping there only gathers the longest rows into the "
+                                            "same steps: a higher peak memory and a worse held-out perplexity).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% "
                                              "slower (non-reentrant; always on for a quantized base).")
     save_every: int | None = _f(None, "Write a resumable checkpoint every N optimizer steps (and on SIGTERM/SIGINT); "

@@ -164,6 +164,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   f"params ({100 * trainable / total:.2f}%)")
 
     batches = batching(task, model, tokenizer, cfg, train_features)
+    if cfg.train.group_by_length is None:  # by default grouped, unless packed batches leave no padding to cut
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, group_by_length=not batches.packed))
     if batches.note:
         reporter.note(batches.note)
     with cpu_kernels(model, cfg.train.precision):

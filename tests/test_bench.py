@@ -54,7 +54,8 @@ def test_parts_time_each_choice_against_its_alternatives(tmp_path, tiny_model):
                        "--batch-size", "8", "--results", str(results_md)])
     assert [(r["ftkit"], r["alternative"]) for r in rows] == [
         ("fused", "foreach"), ("fused", "one parameter at a time"), ("fused", "foreach"),
-        ("fused", "one parameter at a time"), ("sdpa", "eager"), ("summed on the device", ".item() every step")]
+        ("fused", "one parameter at a time"), ("sdpa", "eager"),
+        ("fused with the down-projection", "peft's Dropout + Linear"), ("summed on the device", ".item() every step")]
     for r in rows:
         assert [len(t) for t in r["times"].values()] == [2, 2] and all(x > 0 for t in r["times"].values() for x in t)
     text = results_md.read_text()

@@ -221,3 +221,29 @@ def test_continued_pretraining_of_a_decoder_on_a_txt_file(tmp_path, tiny_causal)
     before = json.loads((tmp_path / "b.json").read_text())["perplexity"]
     after = json.loads((out / "metrics.json").read_text())["eval"]["perplexity"]
     assert after < before / 2, (before, after)
+
+
+def test_padding_free_batches_are_not_grouped_by_length_by_default(tmp_path, tiny_causal, tiny_model, copy_data,
+                                                                   sentiment, monkeypatch):
+    """Packed batches have no padding to cut: length grouping would only gather the longest rows into the same
+    steps (gen benchmark, three seeds: peak RSS 2789-3041 vs 2167-2247 MiB, held-out perplexity 7.54-7.95 vs
+    6.75-6.97). Padded batches, and an explicit setting, stay as they were."""
+    from ftkit import loop
+
+    grouped = []
+
+    class Recording(loop.EpochBatches):
+        def __init__(self, *args):
+            super().__init__(*args)
+            grouped.append(self.grouped)
+
+    monkeypatch.setattr(loop, "EpochBatches", Recording)
+    runs = [(tiny_causal, copy_data, ["--task", "gen"]),
+            (tiny_causal, copy_data, ["--task", "gen", "--set", "train.group_by_length=true"]),
+            (tiny_causal, copy_data, ["--task", "gen", "--set", "task.padding_free=false"]),
+            (tiny_model, sentiment, ["--task", "cls"])]
+    for i, (model, data, extra) in enumerate(runs):
+        result = run_cli(*train_args(model, data, tmp_path / f"run{i}", "--max-steps", "2", *extra))
+        assert result.exit_code == 0, result.output
+    assert grouped == [False, True, True, True]
+    assert "group_by_length: null" in (tmp_path / "run0" / "ftkit.yaml").read_text()  # the default, as set

@@ -129,13 +129,15 @@ def test_a_model_whose_packed_logits_differ_keeps_padded_batches(causal, monkeyp
 
 
 def test_training_with_and_without_packing_gives_the_same_run(tiny_causal, copy_data, tmp_path):
-    """Without dropout the two batch layouts are the same computation: same losses step by step."""
+    """Without dropout the two batch layouts are the same computation: same losses step by step (the same batches:
+    grouping by length is set, as it defaults to off for packed batches only)."""
     runs = {}
     for packed in ("true", "false"):
         out = tmp_path / packed
         result = run_cli(*train_args(tiny_causal, copy_data, out, "--task", "gen", "--max-steps", "6",
                                      "--set", "method.dropout=0", "--set", f"task.padding_free={packed}",
-                                     "--set", "train.log_every=1", "--gradient-checkpointing"))
+                                     "--set", "train.log_every=1", "--set", "train.group_by_length=true",
+                                     "--gradient-checkpointing"))
         assert result.exit_code == 0, result.output
         runs[packed] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert ("padding-free batches" in result.output) == (packed == "true")

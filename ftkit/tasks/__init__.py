@@ -64,6 +64,7 @@ class Batching:
     collate: Callable[[list[dict]], dict]  # training and evaluation batches (the task's eval_batch reads them)
     loss: Callable | None = None  # (model, batch) -> training loss; None: the model's own, model(**batch).loss
     note: str | None = None  # what the run log says about it
+    packed: bool = False  # one packed row per batch: no padding for length grouping to cut (train.group_by_length)
 
 
 def batching(task: Task, model, tokenizer, cfg, features: list[dict]) -> Batching:

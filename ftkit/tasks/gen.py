@@ -203,7 +203,8 @@ class Generation:
         if reason:
             return Batching(padded, note=f"padded batches: {reason}")
         return Batching(packing.pack, packing.loss,
-                        "padding-free batches: the rows' common prefix computed once, logits only where scored")
+                        "padding-free batches: the rows' common prefix computed once, logits only where scored",
+                        packed=True)
 
     def example(self, length: int) -> dict:
         return {"input_ids": [5] * length, "labels": [0] * length}
