@@ -8,6 +8,8 @@ choices that bench/run.py's end-to-end ablations cannot switch off from the comm
   LoRA parameters and over all of the model's parameters (full fine-tuning);
 - attention: a LoRA training step (forward, backward, update) over the same length-grouped batches, SDPA (ftkit;
   the transformers default) against the eager implementation;
+- LoRA's input dropout: the same steps, fused with the adapter's down-projection (ftkit) against peft's Dropout then
+  Linear;
 - loss readout: the same steps, the loss summed on the device and read at log steps (ftkit) against `.item()` after
   every step.
 
@@ -30,14 +32,20 @@ from run import environment  # noqa: E402
 OPTIMIZERS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "one parameter at a time": {"foreach": False}}
 
 
-def lora_model(path: Path, labels: int, attention: str):
+def lora_model(path: Path, labels: int, attention: str, fused_dropout: bool = True):
+    """ftkit's LoRA defaults on peft's default targets; ``fused_dropout``: as ftkit trains it (else peft's own)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
+    from ftkit.methods._lora_dropout import fuse_dropout
+
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=labels, attn_implementation=attention)
-    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, task_type="SEQ_CLS"))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, task_type="SEQ_CLS"))
+    if fused_dropout:
+        fuse_dropout(model)
+    return model
 
 
 def batches(path: Path, data: str, rows: int, batch_size: int, max_length: int) -> list[dict]:
@@ -104,7 +112,8 @@ def measure(path: Path, data: str, rounds: int, rows: int, batch_size: int, max_
 
     data_batches = batches(path, data, rows, batch_size, max_length)
     n_labels = int(max(int(b["labels"].max()) for b in data_batches)) + 1
-    models = {a: lora_model(path, n_labels, a) for a in ("sdpa", "eager")}
+    models = {"sdpa": lora_model(path, n_labels, "sdpa"), "eager": lora_model(path, n_labels, "eager"),
+              "peft's Dropout + Linear": lora_model(path, n_labels, "sdpa", fused_dropout=False)}
     optimizers = {a: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
                   for a, m in models.items()}
     lora = [p for p in models["sdpa"].parameters() if p.requires_grad]
@@ -126,14 +135,19 @@ def measure(path: Path, data: str, rounds: int, rows: int, batch_size: int, max_
                           full)):
         part(name, "fused", ["foreach", "one parameter at a time"],
              lambda kind, ps=params: update_seconds(ps, kind, 10))
-    for attention in models:  # one untimed pass: allocator and kernel warm-up, the optimizer's state
-        train_steps(models[attention], optimizers[attention], data_batches[:2], "device")
-    part(f"LoRA training step, attention ({len(data_batches)} batches of {batch_size})", "sdpa", ["eager"],
-         lambda a: train_steps(models[a], optimizers[a], data_batches, "device"))
-    part(f"LoRA training step, loss readout ({len(data_batches)} batches of {batch_size})", "summed on the device",
-         [".item() every step"],
-         lambda v: train_steps(models["sdpa"], optimizers["sdpa"], data_batches,
-                               "device" if v == "summed on the device" else "item"))
+
+    def step(key: str, readout: str = "device") -> float:
+        return train_steps(models[key], optimizers[key], data_batches, readout)
+
+    for key in models:  # one untimed pass: allocator and kernel warm-up, the optimizer's state
+        train_steps(models[key], optimizers[key], data_batches[:2], "device")
+    what = f"({len(data_batches)} batches of {batch_size})"
+    part(f"LoRA training step, attention {what}", "sdpa", ["eager"], step)
+    fused, summed = "fused with the down-projection", "summed on the device"
+    part(f"LoRA training step, adapter input dropout {what}", fused, ["peft's Dropout + Linear"],
+         lambda v: step("sdpa" if v == fused else v))
+    part(f"LoRA training step, loss readout {what}", summed, [".item() every step"],
+         lambda v: step("sdpa", "device" if v == summed else "item"))
     return rows_out
 
 
