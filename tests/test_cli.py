@@ -37,6 +37,8 @@ def test_library_setup_leaves_torch_compile_to_the_quantized_kernels_that_need_i
 
 
 def test_deferred_compile_compiles_once_at_the_first_call_with_the_same_arguments():
+    import torch
+
     from ftkit.libraries import deferred_compile
 
     calls = []
@@ -52,7 +54,7 @@ def test_deferred_compile_compiles_once_at_the_first_call_with_the_same_argument
     assert calls == [] and double.__name__ == "double"
     assert (double(3), double(x=4)) == (("compiled", 6), ("compiled", 8))
     assert calls == [{"dynamic": False}]
-    module = deferred_compile(compile_fn, __import__("torch").nn.Linear(1, 1))  # not a function: compiled at once
+    module = deferred_compile(compile_fn, torch.nn.Linear(1, 1))  # not a function: compiled at once
     assert callable(module) and len(calls) == 2
 
     def failing(fn, **kwargs):
