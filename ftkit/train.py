@@ -104,7 +104,6 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit import tracking
     from ftkit.checkpoint import Checkpointer
     from ftkit.distributed import check_ranks_agree, check_scale_out
-    from ftkit.libraries import prepare_libraries
     from ftkit.loop import plan_steps, train_loop
     from ftkit.methods import Context
     from ftkit.models import check_base_model, check_quant_training, cpu_kernels, load_for_training, trained_modules
@@ -125,8 +124,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     resuming = resume and (run_dir / "ftkit.yaml").is_file()
     if resuming:
         check_resumable(run_dir, cfg)
-    prepare_libraries()
-    import torch
+    import torch  # the libraries were set up by check_base_model
 
     # cpu=True on a machine without CUDA: that is what makes Accelerate join a torchrun process group over gloo
     accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.train.precision, cfg.train.precision),

@@ -70,4 +70,3 @@ class Lora:
 
             fuse_dropout(model)
         return model
-
