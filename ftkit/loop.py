@@ -94,6 +94,30 @@ def evaluate(model, loader, task, labels, cfg, accelerator) -> dict:
     return {"loss": float(torch.cat(losses).mean()), **task.metrics(preds, refs, labels, cfg)}
 
 
+def check_forward(model, batch: dict, task, what: str) -> None:
+    """One forward pass on one real batch before the run dir is made, so that a model the method cannot run on
+    (peft refusing an architecture, say) is refused up front — exit 2, nothing written — instead of failing at the
+    first step. In evaluation mode without gradients: no dropout draws from the random streams the run uses, and no
+    gradient memory for a large model still on the host."""
+    import torch
+
+    from ftkit.errors import UsageError, first_line
+
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            task.eval_batch(model, batch)
+    except (UsageError, torch.OutOfMemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise UsageError(f"{what} cannot run: {type(e).__name__}: {first_line(e)}") from None
+    finally:
+        model.train(was_training)
+
+
 def plan_steps(n_train: int, cfg, num_processes: int) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps) for ``n_train`` examples; the batches are sharded over
     the processes (Accelerate's even batches), then accumulated."""

@@ -319,6 +319,9 @@ def load_trained(name: str, task_name: str | None = None, quant: str | None = No
     if adapter:
         from peft import PeftModel
 
+        from ftkit.compat import accept_past_key_values
+
+        accept_past_key_values(model)  # prefix tuning on transformers >= 5.24 (a no-op for other adapters)
         model = PeftModel.from_pretrained(model, path)
         if cfg is not None and hasattr(METHODS.get(cfg.method_name), "prepare_loaded"):
             METHODS.get(cfg.method_name).prepare_loaded(model)

@@ -102,25 +102,22 @@ class Reporter:
 
 
 def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, seconds: float, n_train: int,
-               n_eval: int, adapter: bool, auto_class: str, labelled: bool, hub_task: str) -> str:
-    """The run dir's README.md: what was trained, on what, how well, and how to load it without ftkit."""
+               n_eval: int, adapter: bool, auto_class: str, labelled: bool, hub_task: str,
+               load_note: str | None = None) -> str:
+    """The run dir's README.md: what was trained, on what, how well, and how to load it without ftkit. ``base``:
+    the base model's public name where it has one (the loading lines then work anywhere), else its path;
+    ``load_note``: what the method says a user must know to load it."""
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scalars.items())
-    import peft
-
-    peft_class = auto_class.replace("AutoModel", "AutoPeftModel", 1)
-    if adapter and not hasattr(peft, peft_class):  # e.g. masked LM: the base model, then the adapter over it
-        load = (f"from peft import PeftConfig, PeftModel\nfrom transformers import {auto_class}\n"
-                f"base = {auto_class}.from_pretrained(PeftConfig.from_pretrained(RUN_DIR).base_model_name_or_path)\n"
+    if adapter:  # the base, with the run's label maps (the base's config has none), then the adapter over it
+        labels = ("labels = AutoConfig.from_pretrained(RUN_DIR)  # the run's label maps\n" if labelled else "")
+        kwargs = (", num_labels=labels.num_labels,\n    id2label=labels.id2label, label2id=labels.label2id"
+                  if labelled else "")
+        load = (f"from peft import PeftModel\nfrom transformers import {'AutoConfig, ' if labelled else ''}{auto_class}\n"
+                f"{labels}base = {auto_class}.from_pretrained({base!r}{kwargs})\n"
                 "model = PeftModel.from_pretrained(base, RUN_DIR)")
-    elif adapter:  # AutoModelForX -> AutoPeftModelForX; the base weights path is in adapter_config.json
-        load = f"from peft import {peft_class}\n"
-        if labelled:  # the base's config has no label maps: pass the run's (config.json)
-            load += ("from transformers import AutoConfig\nlabels = AutoConfig.from_pretrained(RUN_DIR)\n"
-                     f"model = {peft_class}.from_pretrained(RUN_DIR, num_labels=labels.num_labels,\n"
-                     "    id2label=labels.id2label, label2id=labels.label2id)")
-        else:
-            load += f"model = {peft_class}.from_pretrained(RUN_DIR)"
+        if load_note:
+            load += f"\n# {load_note}"
     else:
         load = f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained(RUN_DIR)"
     import yaml
@@ -171,7 +168,7 @@ ftkit train ftkit.yaml --output NEW_RUN_DIR
 """
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}"
@@ -206,12 +203,12 @@ def print_info(info: dict) -> None:
     table.add_row("parameters", f"{info['total_params']:,}")
     table.add_row("trainable", f"{info['trainable_params']:,} ({100 * info['trainable_share']:.2f}%)")
     table.add_row("weights in memory" + (f" ({info['quant']})" if info["quant"] != "none" else ""),
-                  _human_bytes(info["weights_bytes"]))
-    table.add_row("+ gradients and AdamW state", _human_bytes(info["training_state_bytes"]))
+                  human_bytes(info["weights_bytes"]))
+    table.add_row("+ gradients and AdamW state", human_bytes(info["training_state_bytes"]))
     table.add_row(f"+ activations (batch {info['batch_size']} x {info['max_length']} tokens, {info['precision']}"
                   + (", checkpointed" if info["gradient_checkpointing"] else "") + ")",
-                  _human_bytes(info["activations_bytes"]))
-    table.add_row("estimated peak training memory", _human_bytes(info["estimated_peak_bytes"]))
+                  human_bytes(info["activations_bytes"]))
+    table.add_row("estimated peak training memory", human_bytes(info["estimated_peak_bytes"]))
     if info["quant"] != "none":
         table.add_row("note", "bitsandbytes' own kernel buffers are not included (on CPU they measured as much "
                               "again for minilm 8bit: README)")

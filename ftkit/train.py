@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ftkit import catalog
 from ftkit import config as config_mod
 from ftkit.data import Table, fingerprint, held_out_split, read_table
 from ftkit.errors import UsageError
@@ -104,7 +105,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit import tracking
     from ftkit.checkpoint import Checkpointer
     from ftkit.distributed import check_ranks_agree, check_scale_out
-    from ftkit.loop import plan_steps, train_loop
+    from ftkit.loop import check_forward, plan_steps, train_loop
     from ftkit.methods import Context
     from ftkit.models import check_base_model, check_quant_training, cpu_kernels, load_for_training, trained_modules
     from ftkit.plots import curves
@@ -144,7 +145,12 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   peft_task_type=task.peft_task_type(model.config),
                   total_steps=plan_steps(len(train_features), cfg, accelerator.num_processes)[1],
                   base_path=str(base_path))
+    architecture = type(model).__name__
     model = method.apply(model, cfg.method, ctx)
+    batches = batching(task, model, tokenizer, cfg, train_features)
+    with cpu_kernels(model, cfg.train.precision):
+        check_forward(model, batches.collate(eval_features[:1]), task,
+                      f"method {cfg.method_name!r} on {cfg.model.name} ({architecture})")
     trainable, total = count_params(model)
     step_hook = method.step_hook(model) if hasattr(method, "step_hook") else None
     main_metric = task.main_metric(labels, cfg)
@@ -161,7 +167,6 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")
 
-    batches = batching(task, model, tokenizer, cfg, train_features)
     if cfg.train.group_by_length is None:  # by default grouped, unless packed batches leave no padding to cut
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, group_by_length=not batches.packed))
     if batches.note:
@@ -196,9 +201,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         adapter = (run_dir / "adapter_config.json").is_file()
         curves(run_dir, main_metric)
         (run_dir / "README.md").write_text(model_card(
-            cfg, base=str(base_path), trainable=trainable, total=total, metrics=result.best,
+            cfg, base=catalog.public_name(cfg.model.name) or str(base_path), trainable=trainable, total=total, metrics=result.best,
             seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,
-            auto_class=task.model_class(base.config).__name__, labelled=task.labelled, hub_task=task.hub_task),
+            auto_class=task.model_class(base.config).__name__, labelled=task.labelled, hub_task=task.hub_task,
+            load_note=getattr(method, "load_note", None)),
             encoding="utf-8")
         # Written last: its presence marks the run dir as complete.
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -37,6 +37,9 @@ def test_lora_on_polarity_reaches_075(tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["eval"]["accuracy"] >= 0.75, summary["eval"]
     assert summary["train"]["eval_rows"] == 400
+    card = (out / "README.md").read_text()  # the base by its public name, so the card's lines work elsewhere
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
+    assert "from_pretrained('sentence-transformers/all-MiniLM-L6-v2'" in card
 
     # deployed as ONNX: the export scores the held-out rows as the run did; int8 costs little
     from ftkit.data import held_out_split, read_table

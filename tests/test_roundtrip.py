@@ -187,6 +187,13 @@ def test_reload_with_plain_peft(trained):
     labels = AutoConfig.from_pretrained(out)  # the label maps the run stored in config.json
     model = AutoPeftModelForSequenceClassification.from_pretrained(
         out, num_labels=labels.num_labels, id2label=labels.id2label, label2id=labels.label2id).eval()
+    if method == "prefix":  # the line the run's model card gives for transformers >= 5.24 with peft <= 0.21.2
+        from ftkit.compat import accept_past_key_values
+
+        assert "accept_past_key_values(model.get_base_model())" in (out / "README.md").read_text()
+        accept_past_key_values(model.get_base_model())
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert len(config["modules_to_save"]) == len(set(config["modules_to_save"])), config["modules_to_save"]
     tok = AutoTokenizer.from_pretrained(out)
     texts = ["the film was superb", "a very dull plot", "the acting is really weak", "nice story"]
     with torch.no_grad():

@@ -63,7 +63,7 @@ class AdaLora:
                                modules_to_save=ctx.head or None, task_type=ctx.peft_task_type,
                                total_step=ctx.total_steps, tinit=tinit, tfinal=tfinal, deltaT=delta,
                                orth_reg_weight=params["orth_reg_weight"])
-        return wrap(model, config, params)
+        return wrap(model, config, params, self.name)
 
     def prepare_loaded(self, model) -> None:
         """A reloaded AdaLoRA model lacks the attribute its forward reads when a loss is computed (peft sets it

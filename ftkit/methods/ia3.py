@@ -32,4 +32,4 @@ class Ia3:
 
         config = IA3Config(target_modules=params["target_modules"], feedforward_modules=params["feedforward_modules"],
                            modules_to_save=ctx.head or None, task_type=ctx.peft_task_type)
-        return wrap(model, config, params)
+        return wrap(model, config, params, self.name)

@@ -32,18 +32,29 @@ def targets(params: dict):
     return "all-linear" if t == ["all-linear"] else t
 
 
-def wrap(model, peft_config, params: dict):
-    """get_peft_model with peft's errors about target modules turned into a config error."""
+def wrap(model, peft_config, params: dict, method: str):
+    """get_peft_model with peft's refusals (target modules not found, no default for this architecture, a config
+    value it cannot derive from the model's) turned into a usage error."""
     from peft import get_peft_model
 
+    from ftkit.errors import first_line
+
     try:
-        return get_peft_model(model, peft_config)
-    except ValueError as e:  # peft: target modules not found / no default for this architecture
-        if params.get("target_modules") is None:
+        model = get_peft_model(model, peft_config)
+    except ValueError as e:
+        if "target_modules" not in params:
+            raise UsageError(f"method {method!r} cannot run on {type(model).__name__}: peft says "
+                             f"{first_line(e)!r}") from None
+        if params["target_modules"] is None:
             raise UsageError(f"config key 'method.target_modules': peft has no default targets for "
                              f"{type(model).__name__}; set it, e.g. --set method.target_modules=all-linear or "
                              "a list of module names") from None
         raise UsageError(f"config key 'method.target_modules': {e}") from None
+    # peft appends its default head names to the ones given (classifier, classifier, score): listed once each
+    for config in model.peft_config.values():
+        if getattr(config, "modules_to_save", None):
+            config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
+    return model
 
 
 @METHODS.register("lora")
@@ -64,7 +75,7 @@ class Lora:
         config = LoraConfig(r=params["r"], lora_alpha=params["alpha"], lora_dropout=params["dropout"],
                             target_modules=targets(params), modules_to_save=ctx.head or None,
                             task_type=ctx.peft_task_type, use_dora=self.use_dora)
-        model = wrap(model, config, params)
+        model = wrap(model, config, params, self.name)
         if not self.use_dora:  # DoRA's variant takes the dropped input itself
             from ftkit.methods._lora_dropout import fuse_dropout
 

@@ -24,6 +24,9 @@ class Prefix:
     mergeable = False
     default_lr = 1e-2
     description = "learned attention prefixes (peft prefix tuning); not mergeable"
+    load_note = ("with transformers >= 5.24 and peft <= 0.21.2, peft's prefix tuning cannot find a BERT-style "
+                 "backbone's cache argument: call ftkit.compat.accept_past_key_values(model.get_base_model()) "
+                 "before the first forward (or use transformers < 5.24)")
 
     def validate(self, cfg) -> None:
         if cfg.model.quant != "none":
@@ -42,8 +45,11 @@ class Prefix:
     def apply(self, model, params: dict, ctx):
         from peft import PrefixTuningConfig
 
+        from ftkit.compat import accept_past_key_values
+
+        accept_past_key_values(model)  # transformers >= 5.24 with peft <= 0.21.2 (see there)
         config = PrefixTuningConfig(num_virtual_tokens=params["num_virtual_tokens"],
                                     prefix_projection=params["projection"],
                                     encoder_hidden_size=model.config.hidden_size,
                                     modules_to_save=ctx.head or None, task_type=ctx.peft_task_type)
-        return wrap(model, config, params)
+        return wrap(model, config, params, self.name)

@@ -1,0 +1,150 @@
+"""ftkit.compat: adaptations to upstream changes, each checked against the library versions installed."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli, train_args
+from ftkit.compat import accept_past_key_values
+
+
+def _tiny_bert(model_class):
+    import torch
+    from transformers import BertConfig
+
+    torch.manual_seed(0)
+    return model_class(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, num_labels=3, initializer_range=0.2,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).eval()
+
+
+@pytest.mark.parametrize("head,task_type", [("BertForSequenceClassification", "SEQ_CLS"),
+                                            ("BertForTokenClassification", "TOKEN_CLS")])
+def test_peft_prefix_tuning_reaches_a_bert_backbone(head, task_type):
+    """peft <= 0.21.2 looks for `past_key_values` in the backbone's signature, which transformers >= 5.24 calls
+    `cache`: without the adaptation, peft raises "Model does not support past key values" here."""
+    import torch
+    import transformers
+    from peft import PrefixTuningConfig, get_peft_model
+
+    model = _tiny_bert(getattr(transformers, head))
+    accept_past_key_values(model)
+    assert "past_key_values" in inspect.signature(model.bert.forward).parameters
+    peft_model = get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=4, task_type=task_type)).eval()
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 11, 3], [2, 8, 3, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
+    with torch.no_grad():
+        before = peft_model(**batch).logits
+        embedding = peft_model.prompt_encoder["default"].embedding.weight
+        embedding.add_(torch.randn_like(embedding))
+        after = peft_model(**batch).logits
+    assert torch.isfinite(before).all()
+    assert not torch.allclose(before, after, atol=1e-4), "the prefix does not reach the attention layers"
+
+
+def test_the_renamed_argument_is_passed_on_as_cache():
+    """Wrapped forward: `past_key_values` arrives as `cache`; both at once is an error; the original signature is
+    kept (plus the keyword), and a deep copy calls its own module."""
+    from transformers import BertForSequenceClassification
+
+    model = _tiny_bert(BertForSequenceClassification)
+    backbone = model.bert
+    original = inspect.signature(type(backbone).forward).parameters
+    accept_past_key_values(model)
+    params = inspect.signature(backbone.forward).parameters
+    if "cache" not in original:  # transformers < 5.24: nothing to adapt, nothing changed
+        assert "forward" not in vars(backbone)
+        return
+    assert list(params) == [p for p in original if p not in ("self", "kwargs")] + ["past_key_values", "kwargs"]
+    seen = {}
+    real = type(backbone).forward
+
+    def spy(self, *args, **kwargs):
+        seen["self"], seen["cache"] = self, kwargs.get("cache")
+        return "ok"
+
+    try:
+        type(backbone).forward = spy
+        marker = object()
+        assert backbone.forward(past_key_values=marker) == "ok" and seen["cache"] is marker
+        with pytest.raises(TypeError, match="not both"):
+            backbone.forward(past_key_values=marker, cache=marker)
+        twin = copy.deepcopy(model)
+        twin.bert.forward(past_key_values=marker)
+        assert seen["self"] is twin.bert
+    finally:
+        type(backbone).forward = real
+
+
+def test_a_backbone_that_takes_past_key_values_is_left_alone():
+    import torch
+    from transformers import BertConfig, PreTrainedModel
+
+    class OldStyle(PreTrainedModel):
+        config_class = BertConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.linear = torch.nn.Linear(2, 2)
+
+        def forward(self, input_ids=None, past_key_values=None, cache=None):
+            return input_ids
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = OldStyle(BertConfig())
+
+    model = Wrapper()
+    accept_past_key_values(model)
+    assert "forward" not in vars(model.backbone)
+
+
+def test_a_method_the_model_cannot_run_is_refused_before_the_run_dir(tiny_model, sentiment, tmp_path, monkeypatch):
+    """What transformers 5.24 did to prefix tuning, without the adaptation: the method cannot run on the model.
+    The forward pass ftkit makes before writing anything turns that into exit 2 with the reason, where the first
+    training step used to fail with exit 1 and leave a half-made run dir."""
+    import transformers
+
+    if "past_key_values" in inspect.signature(transformers.BertModel.forward).parameters:
+        pytest.skip("transformers < 5.24: BERT's forward still takes past_key_values")
+    import ftkit.compat
+
+    monkeypatch.setattr(ftkit.compat, "accept_past_key_values", lambda model: None)
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--method", "prefix", "--max-steps", "2"))
+    assert result.exit_code == 2, result.output
+    assert "method 'prefix'" in result.output and "BertForSequenceClassification" in result.output
+    assert "cannot run" in result.output and "past key values" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_peft_refusing_a_model_is_a_usage_error(tiny_model, sentiment, tmp_path):
+    """peft cannot derive prefix tuning's sizes from DistilBERT's config: exit 2 naming the method and the model
+    (it used to be reported as a target_modules problem, which prefix tuning does not have)."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    model_dir = tmp_path / "tiny-distilbert"
+    model_dir.mkdir()
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(f, model_dir / f.name)
+    torch.manual_seed(0)
+    vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
+    DistilBertModel(DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                     max_position_embeddings=64)).save_pretrained(model_dir)
+    out = tmp_path / "run"
+    result = run_cli(*train_args(model_dir, sentiment, out, "--method", "prefix", "--max-steps", "2"))
+    assert result.exit_code == 2, result.output
+    assert "method 'prefix' cannot run on DistilBertForSequenceClassification" in result.output
+    assert "target_modules" not in result.output and not out.exists()
+    # the same model trains with a method that can run on it
+    ok = run_cli(*train_args(model_dir, sentiment, out, "--method", "lora", "--max-steps", "2",
+                             "--set", "method.target_modules=[q_lin,v_lin]"))
+    assert ok.exit_code == 0, ok.output
