@@ -29,6 +29,20 @@ QuantOpt = Annotated[Optional[str], typer.Option(help="Load the frozen weights a
 MaxNew = Annotated[Optional[int], typer.Option(help="gen: tokens to generate (task.max_new_tokens).")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ftkit import __version__
+
+        typer.echo(f"ftkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print ftkit's version and exit.")] = False) -> None:
+    """Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, masked-LM pre-training."""
+
+
 def _gen_sets(max_new_tokens: Optional[int]) -> list[str]:
     return [f"task.max_new_tokens={max_new_tokens}"] if max_new_tokens is not None else []
 
@@ -375,8 +389,30 @@ def recipes(
         if name:
             typer.echo(rec.find(name).read_text(encoding="utf-8"), nl=False)
             return
+        if not rec.shipped():  # the package data is missing: a broken install, not a usage error
+            raise RuntimeError(f"no shipped recipes in {rec.RECIPES_DIR}; reinstall ftkit")
         for stem, path in rec.shipped().items():
             typer.echo(f"{stem:<20} {rec.describe(path)}")
+
+    _guard(run_, debug)
+
+
+@app.command()
+def env(
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of the text block.")] = False,
+    debug: Debug = False,
+):
+    """What to paste into a bug report: ftkit, Python, platform, torch and its CUDA/ROCm build, the libraries ftkit
+    drives, the GPUs with their memory, CPUs, and $FTKIT_CACHE with its size."""
+
+    def run_():
+        from ftkit import envinfo
+
+        info = envinfo.collect()
+        if json_:
+            _emit(info, None)
+        else:
+            typer.echo(envinfo.render(info))
 
     _guard(run_, debug)
 

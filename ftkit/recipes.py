@@ -1,4 +1,5 @@
-"""Shipped recipes: YAML files in the repository's tasks/ folder. A recipe's first comment line describes it."""
+"""Shipped recipes: YAML files in the repository's tasks/ folder, which an installed wheel carries as
+ftkit/_recipes/. A recipe's first comment line describes it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 from ftkit.errors import UsageError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "tasks"
+_PACKAGED = Path(__file__).resolve().parent / "_recipes"  # a wheel (pyproject.toml maps tasks/ there)
+RECIPES_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "tasks"  # a checkout
 
 
 def shipped() -> dict[str, Path]:

@@ -254,3 +254,39 @@ def test_a_closed_output_pipe_ends_quietly():
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_version_and_env_for_bug_reports(tmp_path, monkeypatch):
+    """`ftkit --version` answers at once; `ftkit env` names ftkit, Python, torch's build, each library (or that it
+    is missing), the GPUs, CPUs and the cache with its size, as text and as JSON, without loading a library it
+    only reports on."""
+    import importlib.metadata
+
+    from ftkit import __version__, envinfo
+
+    result = run_cli("--version")
+    assert result.exit_code == 0 and result.stdout == f"ftkit {__version__}\n"
+    cache = tmp_path / "cache"
+    (cache / "packages").mkdir(parents=True)
+    (cache / "packages" / "blob").write_bytes(b"x" * 3000)
+    monkeypatch.setenv("FTKIT_CACHE", str(cache))
+    data = json.loads(run_cli("env", "--json").stdout)
+    assert data["ftkit"] == __version__ and data["ftkit_cache"] == str(cache) and data["ftkit_cache_bytes"] == 3000
+    assert data["transformers"] == importlib.metadata.version("transformers")
+    import torch
+
+    assert data["torch"] == torch.__version__
+    assert data["torch_build"] == (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
+    assert len(data["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert data["cpus"] >= 1
+    text = run_cli("env").stdout
+    for name in ("ftkit", "python", "platform", "torch", *envinfo.LIBRARIES, "GPUs", "CPUs", "FTKIT_CACHE"):
+        assert any(line.split()[0] == name for line in text.splitlines()), name
+    assert "(2.9 KiB)" in text
+    monkeypatch.setattr(envinfo, "LIBRARIES", (*envinfo.LIBRARIES, "no-such-library-here"))
+    assert "no-such-library-here not installed" in " ".join(run_cli("env").stdout.split())
+    # the libraries are reported from their metadata: a fresh process running `ftkit env` imports none of them
+    probe = ("import sys; from ftkit.cli import main; sys.argv = ['ftkit', 'env']\ntry: main()\nexcept SystemExit: "
+             "pass\nprint([m for m in ('transformers', 'peft', 'accelerate', 'bitsandbytes') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
