@@ -229,7 +229,8 @@ def eval_(
 @app.command()
 def predict(
     run: Annotated[str, typer.Argument(help="Run dir, exported checkpoint, or a model.")],
-    text: Annotated[Optional[str], typer.Option(help="One input text.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option(help="An input text; repeat it for several (one result "
+                                                           "each, in order).")] = None,
     file: Annotated[Optional[str], typer.Option(help="A data file; every row is predicted.")] = None,
     task: TaskOpt = None,
     output: Annotated[Optional[Path], typer.Option(help="Write jsonl here (default: stdout).")] = None,
@@ -246,14 +247,16 @@ def predict(
         from ftkit.inference import predict as run_predict
         from ftkit.models import load_trained
 
-        if (text is None) == (file is None):
-            raise UsageError("predict: give exactly one of --text or --file")
+        if (not text) == (file is None):
+            raise UsageError("predict: give --text (one or more) or --file, not both")
         loaded = load_trained(run, task, quant)
-        stream = loaded.task.streams and text is not None and output is None
-        rows = run_predict(loaded, text=text, file=file, sets=(set_ or []) + _gen_sets(max_new_tokens),
+        stream = loaded.task.streams and text is not None and len(text) == 1 and output is None
+        rows = run_predict(loaded, texts=text, file=file, sets=(set_ or []) + _gen_sets(max_new_tokens),
                            batch_size=batch_size, stream=stream)
         if not stream:
             _emit(rows, output)
+        if output is not None:
+            typer.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} to {output}", err=True)
 
     _guard(run_, debug)
 

@@ -52,6 +52,7 @@ def export(run: str, output: str, adapter_only: bool = False, fmt: str = "hf", i
                              f"weights; {fix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; the export gets the user's usual permissions
     try:
         if adapter_only:
             for name in ADAPTER_FILES:
@@ -74,3 +75,9 @@ def export(run: str, output: str, adapter_only: bool = False, fmt: str = "hf", i
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ftkit import config as config_mod
-from ftkit.data import read_table
+from ftkit.data import Table, read_table
 from ftkit.errors import UsageError
 from ftkit.models import cpu_kernels
 
@@ -52,13 +52,18 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     return metrics
 
 
-def predict(loaded, *, text: str | None, file: str | None, sets: list[str], batch_size: int = 32,
+def predict(loaded, *, texts: list[str] | None, file: str | None, sets: list[str], batch_size: int = 32,
             stream: bool = False) -> list[dict]:
+    """Predictions for ``texts`` (one row each, in order) or every row of ``file``."""
     cfg = settings(loaded, sets)
-    if text is not None:
-        if not text.strip():
-            raise UsageError("--text: empty text")
-        table = loaded.task.text_input(text, cfg)
+    if texts:
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise UsageError(f"--text: text {i + 1} of {len(texts)} is empty" if len(texts) > 1
+                                 else "--text: empty text")
+        rows = [loaded.task.text_input(text, cfg) for text in texts]
+        table = Table("--text", {k: [v for row in rows for v in row.columns[k]] for k in rows[0].columns},
+                      [f"text {i + 1}" for i in range(len(texts))])
     else:
         table = read_table(file)
     with cpu_kernels(loaded.model):

@@ -97,8 +97,17 @@ def test_eval_and_predict(trained, sentiment, tmp_path):
     assert set(row["probs"]) == {"negative", "positive"}
     assert abs(sum(row["probs"].values()) - 1) < 1e-4
 
+    texts = ["the film was superb", "a very dull plot", "nice story"]  # several --text: one result each, in order
+    several = run_cli("predict", out, *[a for t in texts for a in ("--text", t)])
+    assert several.exit_code == 0, several.output
+    rows = [json.loads(line) for line in several.stdout.splitlines()]
+    assert [r["text"] for r in rows] == texts and rows[0] == row
+    empty = run_cli("predict", out, "--text", "good", "--text", " ")
+    assert empty.exit_code == 2 and "--text: text 2 of 2 is empty" in empty.output
+
     result = run_cli("predict", out, "--file", sentiment["eval"], "--output", tmp_path / "p.jsonl")
     assert result.exit_code == 0, result.output
+    assert result.stderr.strip().endswith(f"wrote 40 predictions to {tmp_path / 'p.jsonl'}")
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 40
     # predict agrees with eval: the predicted labels score exactly eval's accuracy
@@ -147,6 +156,11 @@ def test_export_adapter_only(trained, tmp_path):
         assert result.exit_code == 0, result.output
         assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json",
                                                                       "adapter_model.safetensors"}
+        import os
+
+        mask = os.umask(0o022)
+        os.umask(mask)  # the export folder has the user's usual permissions, not mkdtemp's owner-only ones
+        assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o777 & ~mask
     else:
         assert result.exit_code == 2
         assert "has no adapter" in result.output
