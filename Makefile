@@ -34,8 +34,9 @@ $(STAMP): pyproject.toml $(LOCK)
 # how the next upstream break is found before users find it. Upgrades on every call.
 test-latest:
 	test -x $(LATEST)/bin/python || python3 -m venv $(LATEST)
+	echo "torch==$(TORCH)" > $(LATEST)/torch.txt
 	$(LATEST)/bin/python -m pip install --quiet torch==$(TORCH)
-	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt -e '.[test]'
 	$(LATEST)/bin/ftkit env
 	$(LATEST)/bin/python -m pytest -q -m "not real" -p no:cacheprovider
 
