@@ -197,23 +197,31 @@ def eval_(
     quant: QuantOpt = None,
     confusion_png: Annotated[Optional[Path], typer.Option(help="cls/tag: also draw the confusion matrix into this "
                                                                "PNG file.")] = None,
+    all_rows: Annotated[bool, typer.Option("--all-rows", help="Score every row even when --data is the run's own "
+                                                              "training data (by default: the rows it held "
+                                                              "out).")] = False,
     set_: Sets = None,
     debug: Debug = False,
 ):
-    """Evaluate on labelled data: cls/tag accuracy, F1 and per-class scores; gen loss and perplexity."""
+    """Evaluate on labelled data: cls/tag accuracy, F1 and per-class scores; gen loss and perplexity. Given the
+    run's own training data, scores the rows the run held out."""
 
     def run_():
-        from ftkit.inference import evaluate
-        from ftkit.models import load_trained
+        from ftkit.inference import eval_data, evaluate
+        from ftkit.models import load_trained, locate
         from ftkit.report import print_eval
 
         sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
         if confusion_png is not None and confusion_png.suffix.lower() != ".png":
             raise UsageError(f"--confusion-png {confusion_png}: expected a .png file name")
-        loaded = load_trained(run, task, quant)
-        if confusion_png is not None and not loaded.task.labelled:
-            raise UsageError(f"--confusion-png: task {loaded.task.name!r} has no confusion matrix (cls and tag do)")
-        metrics = evaluate(loaded, data, sets, batch_size)
+        target = locate(run, task)
+        if confusion_png is not None and not target.task.labelled:
+            raise UsageError(f"--confusion-png: task {target.task.name!r} has no confusion matrix (cls and tag do)")
+        rows = eval_data(target, data, sets, all_rows)  # checked before any weights load
+        loaded = load_trained(target, quant=quant)
+        metrics = evaluate(loaded, rows, sets, batch_size)
+        for line in rows.notes:
+            typer.echo(line, err=True)
         if confusion_png is not None:
             from ftkit.plots import confusion
 

@@ -224,6 +224,30 @@ def fingerprint(spec: str) -> str:
     return f"{Path(spec).resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def same_data(a: str, b: str) -> bool:
+    """Whether two data specs hold the same data: the same built-in dataset, or two files with the same content
+    (wherever they lie)."""
+    import hashlib
+
+    from ftkit import catalog
+
+    if a in catalog.DATASETS or b in catalog.DATASETS:
+        return a == b
+    pa, pb = Path(a), Path(b)
+    if not (pa.is_file() and pb.is_file()) or pa.stat().st_size != pb.stat().st_size:
+        return False
+    if pa.resolve() == pb.resolve():
+        return True
+    digests = []
+    for path in (pa, pb):
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digests.append(h.digest())
+    return digests[0] == digests[1]
+
+
 def to_features(encodings: dict[str, list[list]], targets: list, idx: list[int]) -> list[dict]:
     """Rows ``idx`` as model-ready feature dicts: the encoded columns plus ``labels``."""
     return [{**{k: v[i] for k, v in encodings.items()}, "labels": targets[i]} for i in idx]

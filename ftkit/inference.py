@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from ftkit import config as config_mod
-from ftkit.data import Table, read_table
+from ftkit.data import Table, held_out_split, read_table, same_data
 from ftkit.errors import UsageError
 from ftkit.models import cpu_kernels
 
 
+def run_settings(target, sets: list[str]) -> config_mod.Config:
+    """The run's own config (column names, task settings), or defaults for a plain checkpoint; then --set.
+    ``target``: a models.Target or Loaded (no weights needed)."""
+    base = target.cfg.to_dict() if target.cfg else {"task": target.task.name}
+    base.pop("output", None)
+    return config_mod.build(config_mod.merge_layers([("run config", base), ("--set", config_mod.parse_set(sets))]))
+
+
 def settings(loaded, sets: list[str]) -> config_mod.Config:
-    """The run's own config (column names, max length), or defaults for a plain checkpoint; then --set."""
+    """run_settings plus data.max_length for the loaded model."""
     from ftkit.models import resolve_max_length
 
-    base = loaded.cfg.to_dict() if loaded.cfg else {"task": loaded.task.name}
-    base.pop("output", None)
-    cfg = config_mod.build(config_mod.merge_layers([("run config", base), ("--set", config_mod.parse_set(sets))]))
+    cfg = run_settings(loaded, sets)
     max_length = resolve_max_length(cfg, loaded.model.config, loaded.tokenizer, loaded.path)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=max_length))
 
@@ -26,19 +33,52 @@ def model_labels(model) -> list[str]:
     return [id2label[i] for i in range(len(id2label))]
 
 
-def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
+@dataclass
+class EvalData:
+    table: Table  # the rows to score
+    split: str  # "held-out" (the run's own held-out rows of its training data) or "all"
+    notes: list[str]  # what to tell the user about the choice
+
+
+def eval_data(target, data: str, sets: list[str], all_rows: bool = False) -> EvalData:
+    """Read and check ``data`` before any weights load (a missing column fails in a second), and pick the rows to
+    score: when ``data`` is the run's own training data (the same built-in dataset, or a file with the same
+    content) and the run held out a split of it, that split — the rows training did not see — unless
+    ``all_rows``, which scores everything with a warning about the overlap."""
+    cfg = run_settings(target, sets)
+    table = read_table(data)
+    target.task.check(table, cfg)
+    run = target.cfg
+    if run is None or not run.data.train or not same_data(data, run.data.train):
+        return EvalData(table, "all", [])
+    where = f"{data} is the data {target.path} was trained on"
+    if run.data.eval is not None:  # the run was evaluated on other data: every row here trained it
+        return EvalData(table, "all", [f"warning: {where}: every row scored here trained it, so the scores overstate "
+                                       "how it does on new data"])
+    trained, held = held_out_split(table, run.data.eval_fraction, run.train.seed)
+    if all_rows:
+        return EvalData(table, "all", [f"warning: {where}: {len(trained)} of the {len(table)} rows scored trained "
+                                       "it, so the scores overstate how it does on new data"])
+    return EvalData(table.select(held), "held-out",
+                    [f"note: {where}: scoring the {len(held)} rows it held out (as in training); --all-rows scores "
+                     f"all {len(table)}"])
+
+
+def evaluate(loaded, data: EvalData, sets: list[str], batch_size: int = 64) -> dict:
+    """Loss and the task's metrics on ``data`` (from eval_data); gold labels the model was not trained on are
+    scored as errors, and a warning naming them is added to ``data.notes``."""
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     from ftkit.loop import evaluate as run_eval
-    from ftkit.tasks import batching
+    from ftkit.tasks import batching, unseen_labels
 
     cfg = settings(loaded, sets)
-    task = loaded.task
-    table = read_table(data)
-    task.check(table, cfg)
+    task, table = loaded.task, data.table
     labels = model_labels(loaded.model) if task.labelled else []
     targets = task.targets(table, cfg, labels)
+    if warning := unseen_labels(task, table, cfg, labels):
+        data.notes.append(warning)
     enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
     feats = task.features(enc, targets, list(range(len(table))), cfg, training=False)
     accelerator = Accelerator()
@@ -46,7 +86,8 @@ def evaluate(loaded, data: str, sets: list[str], batch_size: int = 64) -> dict:
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=collate))
     model = accelerator.prepare(loaded.model)
     with cpu_kernels(loaded.model):
-        metrics = {"data": data, "rows": len(table), **run_eval(model, loader, task, labels, cfg, accelerator)}
+        metrics = {"data": table.source, "rows": len(table), "split": data.split,
+                   **run_eval(model, loader, task, labels, cfg, accelerator)}
         if cfg.task.get("generate_eval"):
             metrics |= task.generation_metrics(loaded.model, loaded.tokenizer, table, cfg)
     return metrics

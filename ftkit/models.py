@@ -267,19 +267,29 @@ class Loaded:
     path: Path
 
 
-def load_trained(name: str, task_name: str | None = None, quant: str | None = None) -> Loaded:
-    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline). ``quant`` (none, 8bit,
-    4bit) loads the frozen weights quantized for inference; by default a run's base is reloaded the way it was
-    trained and anything else in full precision (export merges with quant="none")."""
+@dataclass
+class Target:
+    """What `eval`, `predict` or `export` was pointed at, known before any weights load (no torch imported)."""
+
+    path: Path
+    task: object
+    cfg: object  # the run's Config (an ONNX export keeps its run's), or None for a plain checkpoint
+    onnx: Path | None = None  # the .onnx file of an ONNX export
+
+
+def locate(name: str, task_name: str | None = None) -> Target:
+    """A finished run dir, an ONNX or other export, or a plain model, with its task and the run's config."""
     from ftkit import config as config_mod
-    from ftkit.methods import METHODS
-    from ftkit.onnx_model import load_onnx, onnx_file
+    from ftkit.onnx_export import META, onnx_file
     from ftkit.tasks import TASKS
 
-    if onnx_file(name):
-        return load_onnx(onnx_file(name), task_name, quant)
-    if quant is not None:
-        check_quant_available(quant)
+    if file := onnx_file(name):
+        if not (file.parent / META).is_file():
+            raise UsageError(f"{file}: not from `ftkit export --format onnx` (no {META} beside it)")
+        meta = json.loads((file.parent / META).read_text(encoding="utf-8"))
+        if task_name not in (None, meta["task"]):
+            raise UsageError(f"{file}: exported as task {meta['task']!r}, not {task_name!r}")
+        return Target(file.parent, TASKS.get(meta["task"]), config_mod.build(meta["config"]), file)
     path = catalog.resolve_model(name) if not Path(name).is_dir() else Path(name)
     cfg = None
     if (path / "ftkit.yaml").is_file():
@@ -289,7 +299,24 @@ def load_trained(name: str, task_name: str | None = None, quant: str | None = No
         task_name = task_name or cfg.task_name
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: not a run dir or Hugging Face checkpoint (no config.json)")
-    task = TASKS.get(task_name or _task_from_architecture(path))
+    return Target(path, TASKS.get(task_name or _task_from_architecture(path)), cfg)
+
+
+def load_trained(name: str | Target, task_name: str | None = None, quant: str | None = None) -> Loaded:
+    """A finished run dir, an exported checkpoint, or a plain model (zero-shot baseline); ``name`` may be what
+    ``locate`` found. ``quant`` (none, 8bit, 4bit) loads the frozen weights quantized for inference; by default a
+    run's base is reloaded the way it was trained and anything else in full precision (export merges with
+    quant="none")."""
+    from ftkit.methods import METHODS
+
+    target = name if isinstance(name, Target) else locate(name, task_name)
+    if target.onnx:
+        from ftkit.onnx_model import load_onnx
+
+        return load_onnx(target, quant)
+    if quant is not None:
+        check_quant_available(quant)
+    path, cfg, task = target.path, target.cfg, target.task
     prepare_libraries()
     from transformers import AutoConfig
 

@@ -20,6 +20,16 @@ from ftkit.errors import UsageError
 # |onnxruntime - pytorch| allowed on any logit of the fp32 export (float32 reassociation gives ~1e-6 on real models)
 ATOL, RTOL = 1e-4, 1e-3
 META = "onnx.json"
+
+
+def onnx_file(name: str) -> Path | None:
+    """The .onnx file ``name`` refers to (an export dir or the file itself), or None when it is no ONNX export."""
+    path = Path(name)
+    if path.is_file() and path.suffix == ".onnx":
+        return path
+    if path.is_dir() and (path / META).is_file():
+        return path / "model.onnx"
+    return None
 INT8 = "model.int8.onnx"
 
 

@@ -15,38 +15,22 @@ from ftkit.errors import UsageError
 from ftkit.onnx_export import META
 
 
-def onnx_file(name: str) -> Path | None:
-    """The .onnx file ``name`` refers to (an export dir or the file itself), or None when it is no ONNX export."""
-    path = Path(name)
-    if path.is_file() and path.suffix == ".onnx":
-        return path
-    if path.is_dir() and (path / META).is_file():
-        return path / "model.onnx"
-    return None
-
-
-def load_onnx(file: Path, task_name: str | None, quant: str | None):
-    from ftkit import config as config_mod
+def load_onnx(target, quant: str | None):
+    """The export ``models.locate`` found (``target.onnx``), behind the interface of a loaded run."""
     from ftkit.libraries import prepare_libraries
     from ftkit.models import Loaded, load_tokenizer
     from ftkit.onnx_export import check_available
-    from ftkit.tasks import TASKS
 
-    folder = file.parent
-    if not (folder / META).is_file():
-        raise UsageError(f"{file}: not from `ftkit export --format onnx` (no {META} beside it)")
     if quant not in (None, "none"):
         raise UsageError(f"--quant {quant}: an ONNX export is run as exported (int8: `export --int8`)")
     check_available()
+    folder = target.path
     meta = json.loads((folder / META).read_text(encoding="utf-8"))
-    if task_name not in (None, meta["task"]):
-        raise UsageError(f"{file}: exported as task {meta['task']!r}, not {task_name!r}")
     prepare_libraries()
     from transformers import AutoConfig
 
-    model = OnnxModel(file, AutoConfig.from_pretrained(folder), meta["verification"]["inputs"])
-    cfg = config_mod.build(meta["config"])
-    return Loaded(model, load_tokenizer(folder), TASKS.get(meta["task"]), cfg, folder)
+    model = OnnxModel(target.onnx, AutoConfig.from_pretrained(folder), meta["verification"]["inputs"])
+    return Loaded(model, load_tokenizer(folder), target.task, target.cfg, folder)
 
 
 class OnnxModel(torch.nn.Module):

@@ -71,7 +71,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
           quiet: bool = False) -> dict:
     """Train and write a complete run dir; with ``dry_run``, only check everything and describe the run."""
     from ftkit.methods import METHODS
-    from ftkit.tasks import TASKS
+    from ftkit.tasks import TASKS, unseen_labels
 
     task, method = TASKS.get(cfg.task_name), METHODS.get(cfg.method_name)
     run_dir = prepare_run_dir(cfg.output, overwrite, resume) if cfg.output or not dry_run else None
@@ -85,9 +85,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         eval_table = read_table(cfg.data.eval)
         task.check(eval_table, cfg)
         eval_targets = task.targets(eval_table, cfg, labels)
+        unseen_warning = unseen_labels(task, eval_table, cfg, labels)
         train_idx, eval_idx = list(range(len(train_table))), list(range(len(eval_table)))
     else:
-        eval_table, eval_targets = train_table, train_targets
+        eval_table, eval_targets, unseen_warning = train_table, train_targets, None
         train_idx, eval_idx = held_out_split(train_table, cfg.data.eval_fraction, cfg.train.seed)
     if len(train_idx) < cfg.train.batch_size:
         raise UsageError(f"{cfg.data.train}: {len(train_idx)} training rows are fewer than one batch "
@@ -163,6 +164,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         config_mod.dump_yaml(cfg, run_dir / "ftkit.yaml")
     accelerator.wait_for_everyone()
     reporter = Reporter(run_dir, enabled=main, quiet=quiet, cfg=cfg)
+    if unseen_warning:
+        reporter.warn(unseen_warning)
     reporter.note(f"{cfg.task_name}/{cfg.method_name} on {cfg.model.name}: {len(train_features)} train / "
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")

@@ -76,7 +76,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, tiny_model, sentiment):
         (["train", "--model", tiny_model, "--data", sentiment["train"]], "no run directory: pass --output"),
         (["train", "no-such-recipe"], "no-such-recipe: not a recipe file nor a shipped recipe"),
         (["eval", tmp_path / "nothing", "--data", sentiment["eval"]], "no such model directory"),
-        (["predict", tiny_model], "give exactly one of --text or --file"),
+        (["predict", tiny_model], "give --text (one or more) or --file, not both"),
     ]
     for args, message in cases:
         result = run_cli(*args)
@@ -103,12 +103,25 @@ def test_refuses_to_overwrite_a_run(tmp_path, tiny_model, sentiment):
     assert run_cli(*args, "--overwrite").exit_code == 0
 
 
-def test_unseen_eval_label_is_a_usage_error(tmp_path, tiny_model, sentiment):
-    bad = write_rows(tmp_path / "eval.jsonl", [{"text": "good film", "label": "positive"},
-                                               {"text": "so so", "label": "neutral"}])
-    result = run_cli(*train_args(tiny_model, {**sentiment, "eval": bad}, tmp_path / "r"))
-    assert result.exit_code == 2
-    assert "eval.jsonl: line 2: label 'neutral' was not seen in training (known: negative, positive)" in result.output
+def test_eval_labels_unseen_in_training_are_scored_as_errors(tmp_path, tiny_model, sentiment):
+    """Real dev sets carry a rare class the training split lacks: the run goes on, a warning names each unseen
+    label with its count, and those rows count as errors (no loss: the head has no output for them)."""
+    eval_rows = [{"text": "good film", "label": "positive"}, {"text": "so so", "label": "neutral"},
+                 {"text": "awful plot", "label": "negative"}, {"text": "meh", "label": "neutral"}]
+    bad = write_rows(tmp_path / "eval.jsonl", eval_rows)
+    result = run_cli(*train_args(tiny_model, {**sentiment, "eval": bad}, tmp_path / "r", "--max-steps", "30"))
+    assert result.exit_code == 0, result.output
+    assert "eval.jsonl: 1 label the model was not trained on, scored as errors (they take no loss): 'neutral' (2)" \
+        in result.stderr
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())["eval"]
+    assert metrics["accuracy"] <= 0.5  # the 2 neutral rows of 4 can never be right
+    assert metrics["per_class"]["(not seen in training)"]["support"] == 2
+    again = run_cli("eval", tmp_path / "r", "--data", bad, "--output", tmp_path / "m.json")
+    assert again.exit_code == 0, again.output
+    assert "'neutral' (2)" in again.stderr
+    scored = json.loads((tmp_path / "m.json").read_text())
+    assert scored["accuracy"] == metrics["accuracy"] and scored["loss"] == pytest.approx(metrics["loss"], abs=1e-6)
+    assert sum(map(sum, scored["confusion_matrix"]["matrix"])) == 2  # the rows with a known label
 
 
 def test_single_label_is_a_usage_error(tmp_path, tiny_model, sentiment):
@@ -290,3 +303,48 @@ def test_version_and_env_for_bug_reports(tmp_path, monkeypatch):
              "pass\nprint([m for m in ('transformers', 'peft', 'accelerate', 'bitsandbytes') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_eval_on_the_runs_own_training_data_scores_its_held_out_rows(tmp_path, tiny_model, sentiment):
+    """`ftkit eval RUN --data TRAIN` (the same file, or a copy of it) scores the rows the run held out, as training
+    did, and says so; --all-rows scores every row with a warning about the overlap."""
+    import shutil
+
+    out = tmp_path / "run"
+    assert run_cli("train", "--model", tiny_model, "--data", sentiment["train"], "--output", out, "--max-steps", "6",
+                   "--batch-size", "16").exit_code == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    copy = shutil.copy(sentiment["train"], tmp_path / "same-rows.csv")
+    for data in (sentiment["train"], copy):
+        result = run_cli("eval", out, "--data", data, "--output", tmp_path / "m.json")
+        assert result.exit_code == 0, result.output
+        assert f"was trained on: scoring the {trained['train']['eval_rows']} rows it held out" in result.stderr
+        metrics = json.loads((tmp_path / "m.json").read_text())
+        assert metrics["rows"] == trained["train"]["eval_rows"] == 16 and metrics["split"] == "held-out"
+        assert metrics["accuracy"] == trained["eval"]["accuracy"]
+        assert metrics["loss"] == pytest.approx(trained["eval"]["loss"], abs=1e-6)
+    everything = run_cli("eval", out, "--data", sentiment["train"], "--all-rows", "--output", tmp_path / "all.json")
+    assert everything.exit_code == 0, everything.output
+    assert "144 of the 160 rows scored trained it" in everything.stderr
+    assert json.loads((tmp_path / "all.json").read_text())["rows"] == 160
+    other = run_cli("eval", out, "--data", sentiment["eval"], "--output", tmp_path / "o.json")  # other data: all
+    assert other.exit_code == 0 and "trained on" not in other.stderr
+    assert json.loads((tmp_path / "o.json").read_text())["split"] == "all"
+
+
+def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, sentiment, monkeypatch):
+    import ftkit.models
+
+    out = tmp_path / "run"
+    assert run_cli("train", "--model", tiny_model, "--data", sentiment["train"], "--output", out, "--max-steps", "2",
+                   "--batch-size", "16").exit_code == 0
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(ftkit.models, "load_trained", never)
+    bad = write_rows(tmp_path / "bad.csv", [{"sentence": "a fine film", "label": "positive"}])
+    result = run_cli("eval", out, "--data", bad)
+    assert result.exit_code == 2, result.output
+    assert "bad.csv: no column 'text' for the text (set data.columns.text=...); columns found: sentence, label" \
+        in result.output

@@ -63,11 +63,11 @@ def test_bad_training_data(case, tiny_model, sentiment, tmp_path):
 
 
 def test_bad_eval_data(tiny_model, sentiment, tmp_path):
-    unseen = write_rows(tmp_path / "unseen.csv", [{"text": "a film", "label": "neutral"}])
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")
-    for path, expected in ((unseen, "unseen.csv: line 2: label 'neutral' was not seen in training"),
-                           (empty, "empty.csv: no data rows")):
+    nolabel = write_rows(tmp_path / "nolabel.csv", [{"text": "a film", "label": ""}])
+    for path, expected in ((empty, "empty.csv: no data rows"),
+                           (nolabel, "nolabel.csv: line 2: missing or invalid label ''")):
         out = tmp_path / "run"
         result = run_cli(*train_args(tiny_model, {**sentiment, "eval": path}, out))
         assert result.exit_code == 2 and expected in result.output, result.output

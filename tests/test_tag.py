@@ -84,6 +84,41 @@ def test_metrics_on_hand_computed_example():
     assert "entity_f1" not in TAG.metrics([pred], [ref], labels, _cfg(scheme="none"))
 
 
+def test_unseen_gold_tags_count_as_errors():
+    """A gold tag the model was not trained on (UNSEEN): a wrong word for token accuracy, a missed entity for
+    entity recall, its own row in the per-tag table; the known tags' scores are unchanged."""
+    import numpy as np
+
+    from ftkit.tasks._common import UNSEEN, UNSEEN_ROW
+
+    labels = ["B-LOC", "B-PER", "I-PER", "O"]
+    ref = np.array([IGNORE, 1, 2, 3, UNSEEN, 3])
+    pred = np.array([3, 1, 2, 3, 3, 3])
+    m = TAG.metrics([pred], [ref], labels, _cfg())
+    assert m["accuracy"] == pytest.approx(4 / 5)
+    assert m["entity_precision"] == 1.0 and m["entity_recall"] == pytest.approx(0.5)
+    assert m["per_class"][UNSEEN_ROW]["support"] == 1 and m["per_class"]["O"]["recall"] == 1.0
+    assert sum(map(sum, m["confusion_matrix"]["matrix"])) == 4
+
+
+def test_an_ambiguous_tag_in_the_eval_file_does_not_stop_the_run(tiny_model, ner, tmp_path):
+    """Real treebanks write an ambiguous word as two tags joined by `|`: the run trains, warns, and scores it."""
+    from conftest import ner_rows
+
+    rows = ner_rows(20, seed=5)
+    rows[3]["tags"][rows[3]["tags"].index("O")] = "VBG|NN"
+    path = tmp_path / "dev.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    result = run_cli("train", "--task", "tag", "--model", tiny_model, "--data", ner["train"], "--eval-data", path,
+                     "--output", out, "--max-steps", "4", "--batch-size", "16")
+    assert result.exit_code == 0, result.output
+    assert "dev.jsonl: 1 label the model was not trained on, scored as errors (they take no loss): 'VBG|NN' (1)" \
+        in result.stderr
+    assert json.loads((out / "metrics.json").read_text())["eval"]["per_class"]["(not seen in training)"] == \
+        {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
 def test_mismatched_tags_are_a_usage_error(tmp_path, tiny_model, ner):
     bad = write_rows(tmp_path / "bad.jsonl", [{"tokens": ["a", "b"], "tags": ["O", "O"]},
                                               {"tokens": ["a", "b"], "tags": ["O"]}])

@@ -34,7 +34,8 @@ class Task(Protocol):
     # data, before any model is loaded
     def check(self, table, cfg) -> None: ...
     def label_space(self, table, cfg) -> list[str]: ...
-    def targets(self, table, cfg, labels: list[str]) -> list: ...
+    def targets(self, table, cfg, labels: list[str]) -> list: ...  # a gold label not in ``labels``: UNSEEN
+    def unseen_labels(self, table, cfg, labels: list[str]) -> dict[str, int]: ...  # labelled tasks only
     # encoding (cached on disk) and model-ready features
     def encode(self, tokenizer, table, cfg, model_config) -> dict[str, list[list[int]]]: ...
     def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool) -> list[dict]: ...
@@ -65,6 +66,16 @@ class Batching:
     loss: Callable | None = None  # (model, batch) -> training loss; None: the model's own, model(**batch).loss
     note: str | None = None  # what the run log says about it
     packed: bool = False  # one packed row per batch: no padding for length grouping to cut (train.group_by_length)
+
+
+def unseen_labels(task: Task, table, cfg, labels: list[str]) -> str | None:
+    """A warning naming the gold labels of ``table`` the model was not trained on (scored as errors), or None."""
+    unseen = task.unseen_labels(table, cfg, labels) if task.labelled else {}
+    if not unseen:
+        return None
+    listed = ", ".join(f"{name!r} ({n})" for name, n in unseen.items())
+    return (f"warning: {table.source}: {len(unseen)} label{'s' if len(unseen) > 1 else ''} the model was not trained "
+            f"on, scored as errors (they take no loss): {listed}")
 
 
 def batching(task: Task, model, tokenizer, cfg, features: list[dict]) -> Batching:

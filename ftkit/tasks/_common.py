@@ -6,6 +6,8 @@ from ftkit.data import Table
 from ftkit.errors import UsageError
 
 IGNORE = -100  # the label of a position that takes no loss (PyTorch's cross-entropy default ignore_index)
+UNSEEN = -1  # the reference of a gold label the model was not trained on: takes no loss, scored as an error
+UNSEEN_ROW = "(not seen in training)"  # its row in the per-class table
 
 
 def pad_collate(pad_id: int, label_pad: int | None = None):
@@ -76,18 +78,22 @@ def confusion_metrics(preds, refs, labels: list[str]) -> dict:
     import numpy as np
 
     k = len(labels)
+    unseen = refs == UNSEEN  # a gold label the model cannot predict: an error, outside the confusion matrix
     cm = np.zeros((k, k), dtype=np.int64)  # rows: true label, columns: predicted
-    np.add.at(cm, (refs, preds), 1)
+    np.add.at(cm, (refs[~unseen], preds[~unseen]), 1)
     tp = np.diag(cm).astype(float)
     precision = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
     recall = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
     present = cm.sum(1) > 0  # macro-F1 over the classes that occur in the references
+    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                        "support": int(cm[i].sum())} for i, name in enumerate(labels)}
+    if unseen.any():
+        per_class[UNSEEN_ROW] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": int(unseen.sum())}
     return {
-        "accuracy": float(tp.sum() / max(1, len(refs))),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                             "support": int(cm[i].sum())} for i, name in enumerate(labels)},
+        "accuracy": float(tp.sum() / max(1, len(refs))),  # unseen gold labels count as errors
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,  # over the model's classes
+        "per_class": per_class,
         "confusion_matrix": {"labels": labels, "matrix": cm.tolist()},
     }
 
@@ -126,3 +132,16 @@ class LabelledTask:
 
     def head_modules(self, model) -> list[str]:
         return head_modules(model)
+
+    def gold_names(self, table: Table, cfg) -> list[str]:
+        """Every gold label of ``table`` (one per row, or per word), in order."""
+        raise NotImplementedError
+
+    def unseen_labels(self, table: Table, cfg, labels: list[str]) -> dict[str, int]:
+        """The gold labels of ``table`` the model was not trained on, each with how often it occurs. Real annotated
+        data has them (a rare class, an ambiguous tag written as ``VBG|NN``): they are scored as errors
+        (``UNSEEN``), and the caller says which."""
+        from collections import Counter
+
+        known = set(labels)
+        return dict(sorted(Counter(n for n in self.gold_names(table, cfg) if n not in known).items()))

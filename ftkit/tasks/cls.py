@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from ftkit.data import Table, to_features
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import LabelledTask, confusion_metrics, label_name, pad_collate, sort_labels
+from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, confusion_metrics, label_name, pad_collate,
+                                 sort_labels)
 
 
 @dataclass
@@ -68,16 +69,12 @@ class Classification(LabelledTask):
         enc = tokenizer(text, pair, truncation=True, max_length=cfg.data.max_length)
         return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
 
+    def gold_names(self, table: Table, cfg) -> list[str]:
+        return [label_name(v, table, i) for i, v in enumerate(table.column(self._col(cfg, "label"), "label"))]
+
     def targets(self, table: Table, cfg, labels: list[str]) -> list[int]:
         ids = {name: i for i, name in enumerate(labels)}
-        out = []
-        for i, v in enumerate(table.column(self._col(cfg, "label"), "label")):
-            name = label_name(v, table, i)
-            if name not in ids:
-                raise UsageError(f"{table.locate(i)}: label {name!r} was not seen in training "
-                                 f"(known: {', '.join(labels)})")
-            out.append(ids[name])
-        return out
+        return [ids.get(name, UNSEEN) for name in self.gold_names(table, cfg)]
 
     def features(self, enc: dict, targets: list[int], idx: list[int], cfg, training: bool) -> list[dict]:
         return to_features(enc, targets, idx)
@@ -97,7 +94,9 @@ class Classification(LabelledTask):
 
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        return F.cross_entropy(logits.float(), labels, reduction="none"), logits.argmax(-1), labels
+        unseen = labels == UNSEEN  # no loss for a label the head has no output for (NaN: left out of the mean)
+        nll = F.cross_entropy(logits.float(), labels.masked_fill(unseen, IGNORE), reduction="none")
+        return nll.masked_fill(unseen, float("nan")), logits.argmax(-1), labels
 
     def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         import numpy as np

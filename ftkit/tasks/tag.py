@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ftkit.data import Table
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (IGNORE, LabelledTask, confusion_metrics, pad_collate, real_positions,
+from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, confusion_metrics, pad_collate, real_positions,
                                  sort_labels)
 
 SCHEMES = ("auto", "iob2", "iobes", "none")
@@ -80,16 +80,12 @@ class Tagging(LabelledTask):
             raise UsageError(f"{table.source}: every token has the tag {labels[0]!r}; tagging needs at least two")
         return labels
 
+    def gold_names(self, table: Table, cfg) -> list[str]:
+        return [t for sent in self._tags(table, cfg) for t in sent]
+
     def targets(self, table: Table, cfg, labels: list[str]) -> list[list[int]]:
         ids = {name: i for i, name in enumerate(labels)}
-        out = []
-        for i, sent in enumerate(self._tags(table, cfg)):
-            unknown = [t for t in sent if t not in ids]
-            if unknown:
-                raise UsageError(f"{table.locate(i)}: tag {unknown[0]!r} was not seen in training "
-                                 f"(known: {', '.join(labels)})")
-            out.append([ids[t] for t in sent])
-        return out
+        return [[ids.get(t, UNSEEN) for t in sent] for sent in self._tags(table, cfg)]
 
     def encode(self, tokenizer, table: Table, cfg, model_config) -> dict[str, list[list[int]]]:
         words = self.words(table, cfg)
@@ -134,8 +130,10 @@ class Tagging(LabelledTask):
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         logits = real_positions(logits, labels.shape[1])
-        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-        return nll.sum(1) / (labels != IGNORE).sum(1).clamp(min=1), logits.argmax(-1), labels
+        scored = labels.masked_fill(labels == UNSEEN, IGNORE)  # a tag the head has no output for takes no loss
+        nll = F.cross_entropy(logits.float().transpose(1, 2), scored, ignore_index=IGNORE, reduction="none")
+        # a sentence with no scored word has no loss (NaN: left out of the mean)
+        return nll.sum(1) / (scored != IGNORE).sum(1), logits.argmax(-1), labels
 
     def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         """Token accuracy and per-tag scores over words; entity P/R/F1 (seqeval) for IOB2/IOBES tags."""
@@ -151,8 +149,10 @@ class Tagging(LabelledTask):
         result = confusion_metrics(flat_p, flat_r, labels)
         scheme = self.scheme(labels, cfg)
         if scheme != "none":
-            result.update(entity_metrics([[labels[x] for x in s] for s in seq_ref],
-                                         [[labels[x] for x in s] for s in seq_pred], scheme))
+            # an unseen gold tag: a one-word entity of its own type, which no prediction can match
+            names = labels + [("S-" if scheme == "iobes" else "B-") + "UNSEEN"]  # names[UNSEEN] is the last
+            result.update(entity_metrics([[names[x] for x in s] for s in seq_ref],
+                                         [[names[x] for x in s] for s in seq_pred], scheme))
         return result
 
     # ------------------------------------------------------------------ prediction
