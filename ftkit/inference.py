@@ -57,11 +57,11 @@ def eval_data(target, data: str, sets: list[str], all_rows: bool = False) -> Eva
                                        "how it does on new data"])
     trained, held = held_out_split(table, run.data.eval_fraction, run.train.seed)
     if all_rows:
-        return EvalData(table, "all", [f"warning: {where}: {len(trained)} of the {len(table)} rows scored trained "
+        return EvalData(table, "all", [f"warning: {where}: {len(trained):,} of the {len(table):,} rows scored trained "
                                        "it, so the scores overstate how it does on new data"])
     return EvalData(table.select(held), "held-out",
                     [f"note: {where}: scoring the {len(held)} rows it held out (as in training); --all-rows scores "
-                     f"all {len(table)}"])
+                     f"all {len(table):,}"])
 
 
 def evaluate(loaded, data: EvalData, sets: list[str], batch_size: int = 64) -> dict:

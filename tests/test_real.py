@@ -37,6 +37,9 @@ def test_lora_on_polarity_reaches_075(tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["eval"]["accuracy"] >= 0.75, summary["eval"]
     assert summary["train"]["eval_rows"] == 400
+    again = run_cli("eval", out, "--data", "polarity", "--output", tmp_path / "again.json")  # its held-out rows
+    assert again.exit_code == 0 and "scoring the 400 rows it held out" in again.stderr
+    assert json.loads((tmp_path / "again.json").read_text())["accuracy"] == summary["eval"]["accuracy"]
     card = (out / "README.md").read_text()  # the base by its public name, so the card's lines work elsewhere
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
     assert "from_pretrained('sentence-transformers/all-MiniLM-L6-v2'" in card
