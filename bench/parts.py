@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--results", default=str(HERE / "PARTS.md"))
     a = ap.parse_args(argv)
     from ftkit.libraries import prepare_libraries
-    from ftkit.models import base_model_path
+    from ftkit.runs import base_model_path
 
     prepare_libraries()
     rows = measure(base_model_path(a.model), a.data, a.rounds, a.rows, a.batch_size, a.max_length)

@@ -55,7 +55,7 @@ WORKLOADS = {w.name: w for w in [
 def prepare(w: Workload, folder: Path) -> tuple[str, str, str]:
     """(model dir, train.jsonl, eval.jsonl): the same rows for both sides, a seeded split of the dataset."""
     from ftkit.data import held_out_split, read_table
-    from ftkit.models import base_model_path
+    from ftkit.runs import base_model_path
 
     table = read_table(w.data)
     train_idx, eval_idx = held_out_split(table, w.eval_rows / len(table), seed=0)

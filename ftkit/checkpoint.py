@@ -22,6 +22,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ftkit.errors import first_line
+
 STEP = re.compile(r"^step-(\d{8})$")
 BEST = re.compile(r"^best-step-(\d{8})$")
 
@@ -97,7 +99,7 @@ class Checkpointer:
         if acc.is_main_process:
             import torch
 
-            if hasattr(self.method, "get_state"):
+            if self.method.keeps_state:
                 torch.save(self.method.get_state(acc.unwrap_model(self.model)), tmp / "method_state.pt")
             (tmp / "loop.json").write_text(json.dumps(loop_state), encoding="utf-8")
             _replace_dir(tmp, final)
@@ -129,14 +131,13 @@ class Checkpointer:
                 if best_step is not None and not self.best_path(best_step).is_dir():
                     raise FileNotFoundError(f"its best weights ({self.best_path(best_step).name}) are missing")
                 self.accelerator.load_state(str(ckpt), strict=False)  # the keys are checked by _check_keys
-                if hasattr(self.method, "set_state"):
+                if self.method.keeps_state:  # a checkpoint without its file is damaged: the previous one is tried
                     import torch
 
                     state = torch.load(ckpt / "method_state.pt", weights_only=True)
                     self.method.set_state(self.accelerator.unwrap_model(self.model), state)
             except Exception as e:  # noqa: BLE001 — any damage: fall back to the previous checkpoint
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                self.warn(f"warning: checkpoint {ckpt.name} is unreadable ({type(e).__name__}: {first}); "
+                self.warn(f"warning: checkpoint {ckpt.name} is unreadable ({type(e).__name__}: {first_line(e)}); "
                           "trying the previous one")
                 continue
             self.best_step = best_step

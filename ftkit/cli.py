@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftkit.errors import RunStopped, UsageError
+from ftkit.errors import RunStopped, UsageError, first_line
 
 app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, "
                        "masked-LM pre-training.",
@@ -72,8 +72,7 @@ def _guard(fn, debug: bool):
     except Exception as e:  # noqa: BLE001 — the CLI's last line of defence
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        typer.echo(f"failed: {type(e).__name__}: {msg} (run with --debug for the traceback)", err=True)
+        typer.echo(f"failed: {type(e).__name__}: {first_line(e)} (run with --debug for the traceback)", err=True)
         raise typer.Exit(1)
 
 
@@ -208,7 +207,7 @@ def eval_(
 
     def run_():
         from ftkit.inference import eval_data, evaluate
-        from ftkit.models import load_trained, locate
+        from ftkit.runs import load_trained, locate
         from ftkit.report import print_eval
 
         sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
@@ -253,7 +252,7 @@ def predict(
 
     def run_():
         from ftkit.inference import predict as run_predict
-        from ftkit.models import load_trained
+        from ftkit.runs import load_trained
 
         if (not text) == (file is None):
             raise UsageError("predict: give --text (one or more) or --file, not both")

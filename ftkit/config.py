@@ -331,7 +331,7 @@ def validate(cfg: Config) -> None:
     _reject_unknown(d.columns, roles, "data.columns.")
     for role, col in d.columns.items():
         _check(isinstance(col, str) and col != "", f"data.columns.{role}", col, "a column name")
-    METHODS.get(cfg.method_name).validate(cfg)
+    METHODS.get(cfg.method_name).validate(cfg, task)
     if t.precision == "fp16":
         import torch  # only on this path; never for --help
 

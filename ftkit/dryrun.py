@@ -9,7 +9,7 @@ from collections import Counter
 
 def summary(cfg, task, model_config, tokenizer, table, targets, labels: list[str], train_idx: list[int],
             eval_idx: list[int]) -> dict:
-    """``model_config``/``tokenizer``: the base checkpoint's, as ``models.check_base_model`` read them."""
+    """``model_config``/``tokenizer``: the base checkpoint's, as ``base_model.check_base_model`` read them."""
     from ftkit.info import describe
 
     # uncut lengths (one window per row for mlm): how many rows data.max_length would cut

@@ -18,6 +18,6 @@ class RunStopped(Exception):
 
 
 def first_line(e: BaseException) -> str:
-    """An exception's message cut to its first line (library errors run to many), or its type when it has none."""
+    """An exception's message cut to its first line (library errors run to many); "" when it has none."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return text.splitlines()[0] if text else ""

@@ -13,7 +13,7 @@ from ftkit.models import cpu_kernels
 
 def run_settings(target, sets: list[str]) -> config_mod.Config:
     """The run's own config (column names, task settings), or defaults for a plain checkpoint; then --set.
-    ``target``: a models.Target or Loaded (no weights needed)."""
+    ``target``: a runs.Target or Loaded (no weights needed)."""
     base = target.cfg.to_dict() if target.cfg else {"task": target.task.name}
     base.pop("output", None)
     return config_mod.build(config_mod.merge_layers([("run config", base), ("--set", config_mod.parse_set(sets))]))
@@ -21,7 +21,7 @@ def run_settings(target, sets: list[str]) -> config_mod.Config:
 
 def settings(loaded, sets: list[str]) -> config_mod.Config:
     """run_settings plus data.max_length for the loaded model."""
-    from ftkit.models import resolve_max_length
+    from ftkit.base_model import resolve_max_length
 
     cfg = run_settings(loaded, sets)
     max_length = resolve_max_length(cfg, loaded.model.config, loaded.tokenizer, loaded.path)
@@ -71,7 +71,7 @@ def evaluate(loaded, data: EvalData, sets: list[str], batch_size: int = 64) -> d
     from torch.utils.data import DataLoader
 
     from ftkit.loop import evaluate as run_eval
-    from ftkit.tasks import batching, unseen_labels
+    from ftkit.tasks import unseen_labels
 
     cfg = settings(loaded, sets)
     task, table = loaded.task, data.table
@@ -82,7 +82,7 @@ def evaluate(loaded, data: EvalData, sets: list[str], batch_size: int = 64) -> d
     enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
     feats = task.features(enc, targets, list(range(len(table))), cfg, training=False)
     accelerator = Accelerator()
-    collate = batching(task, loaded.model, loaded.tokenizer, cfg, feats).collate
+    collate = task.batching(loaded.model, loaded.tokenizer, cfg, feats).collate
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=collate))
     model = accelerator.prepare(loaded.model)
     with cpu_kernels(loaded.model):

@@ -20,9 +20,10 @@ def describe(cfg, labels: list[str] | None = None) -> dict:
     from ftkit import memory
     from ftkit.methods import METHODS, Context
     from ftkit.libraries import prepare_libraries
-    from ftkit.models import base_model_path, load_tokenizer, resolve_max_length
+    from ftkit.base_model import resolve_max_length
+    from ftkit.models import count_params, load_tokenizer
+    from ftkit.runs import base_model_path
     from ftkit.tasks import TASKS
-    from ftkit.train import count_params
 
     task, method = TASKS.get(cfg.task_name), METHODS.get(cfg.method_name)
     prepare_libraries()
@@ -43,7 +44,7 @@ def describe(cfg, labels: list[str] | None = None) -> dict:
     weights = memory.weight_bytes(model, cfg.model.quant, ctx.head)
     train_state = memory.ADAMW_STATE_BYTES * trainable
     max_length = resolve_max_length(cfg, model_config, load_tokenizer(path, cfg.model.trust_remote_code), path)
-    # a quantized base always trains with gradient checkpointing (models.load_for_training)
+    # a quantized base always trains with gradient checkpointing (base_model.load_for_training)
     checkpointing = cfg.train.gradient_checkpointing or cfg.model.quant != "none"
     activations = memory.activation_bytes(cfg, task, method, model_config, ctx, max_length, checkpointing)
     return {"model": cfg.model.name, "path": str(path), "task": task.name, "method": method.name,

@@ -15,7 +15,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from ftkit.errors import UsageError
+from ftkit.errors import UsageError, first_line
 
 # |onnxruntime - pytorch| allowed on any logit of the fp32 export (float32 reassociation gives ~1e-6 on real models)
 ATOL, RTOL = 1e-4, 1e-3
@@ -96,7 +96,7 @@ def export_onnx(model, loaded, tmp: Path, int8: bool) -> dict:
         while root.__cause__ is not None:
             root = root.__cause__
         raise RuntimeError(f"torch.onnx could not export {type(model).__name__}: "
-                           f"{str(root).strip().splitlines()[0]}") from e
+                           f"{first_line(root)}") from e
     # verify on shapes other than the traced one: the axes must really be dynamic
     shapes = [(1, min(5, max_length)), (3, min(17, max_length)), (4, max_length)]
     inputs = [sample_inputs(names, vocab, b, n, seed=k + 1) for k, (b, n) in enumerate(shapes)]

@@ -11,26 +11,25 @@ from types import SimpleNamespace
 
 import torch
 
-from ftkit.errors import UsageError
+from ftkit.errors import UsageError, first_line
 from ftkit.onnx_export import META
 
 
-def load_onnx(target, quant: str | None):
-    """The export ``models.locate`` found (``target.onnx``), behind the interface of a loaded run."""
+def load_onnx(file: Path, quant: str | None):
+    """The export ``runs.locate`` found -> (a model answering like a transformers one, its tokenizer)."""
     from ftkit.libraries import prepare_libraries
-    from ftkit.models import Loaded, load_tokenizer
+    from ftkit.models import load_tokenizer
     from ftkit.onnx_export import check_available
 
     if quant not in (None, "none"):
         raise UsageError(f"--quant {quant}: an ONNX export is run as exported (int8: `export --int8`)")
     check_available()
-    folder = target.path
+    folder = file.parent
     meta = json.loads((folder / META).read_text(encoding="utf-8"))
     prepare_libraries()
     from transformers import AutoConfig
 
-    model = OnnxModel(target.onnx, AutoConfig.from_pretrained(folder), meta["verification"]["inputs"])
-    return Loaded(model, load_tokenizer(folder), target.task, target.cfg, folder)
+    return OnnxModel(file, AutoConfig.from_pretrained(folder), meta["verification"]["inputs"]), load_tokenizer(folder)
 
 
 class OnnxModel(torch.nn.Module):
@@ -44,7 +43,7 @@ class OnnxModel(torch.nn.Module):
         try:
             self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 — onnxruntime raises its own exception types for a damaged file
-            raise UsageError(f"{file}: onnxruntime cannot load it ({str(e).strip().splitlines()[0]})") from None
+            raise UsageError(f"{file}: onnxruntime cannot load it ({first_line(e)})") from None
         self.config, self.inputs, self.file = config, inputs, file
         self.register_buffer("_device", torch.empty(0), persistent=False)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftkit import config as config_mod
-from ftkit.errors import RunStopped, UsageError
+from ftkit.errors import RunStopped, UsageError, first_line
 
 # the typed `ftkit train` flags, usable as --param names
 ALIASES = {"lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
@@ -131,7 +131,7 @@ def run_sweep(plan: Plan, root: Path, resume: bool, echo) -> list[dict]:
                 raise
             _failed(run, str(e), echo)  # a diverging loss: this trial is out, the sweep goes on
         except Exception as e:  # noqa: BLE001 — one trial's failure (bad data for its batch size, ...) is recorded
-            _failed(run, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", echo)
+            _failed(run, f"{type(e).__name__}: {first_line(e)}", echo)
         finally:
             _reset_accelerate()
         write_leaderboard(leaderboard(plan, root), plan, root)

@@ -62,11 +62,6 @@ def encode_cached(task, tokenizer, model_config, table: Table, spec: str, cfg) -
     return cached_encodings(key, lambda: task.encode(tokenizer, table, cfg, model_config))
 
 
-def count_params(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
-
 def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False, dry_run: bool = False,
           quiet: bool = False) -> dict:
     """Train and write a complete run dir; with ``dry_run``, only check everything and describe the run."""
@@ -108,10 +103,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit.distributed import check_ranks_agree, check_scale_out
     from ftkit.loop import check_forward, plan_steps, train_loop
     from ftkit.methods import Context
-    from ftkit.models import check_base_model, check_quant_training, cpu_kernels, load_for_training, trained_modules
+    from ftkit.base_model import check_base_model, check_quant_training, load_for_training, trained_modules
+    from ftkit.models import count_params, cpu_kernels
     from ftkit.plots import curves
     from ftkit.report import Reporter, model_card
-    from ftkit.tasks import batching
 
     check_scale_out(cfg)
     check_quant_training(cfg)
@@ -148,12 +143,12 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   base_path=str(base_path))
     architecture = type(model).__name__
     model = method.apply(model, cfg.method, ctx)
-    batches = batching(task, model, tokenizer, cfg, train_features)
+    batches = task.batching(model, tokenizer, cfg, train_features)
     with cpu_kernels(model, cfg.train.precision):
         check_forward(model, batches.collate(eval_features[:1]), task,
                       f"method {cfg.method_name!r} on {cfg.model.name} ({architecture})")
     trainable, total = count_params(model)
-    step_hook = method.step_hook(model) if hasattr(method, "step_hook") else None
+    step_hook = method.step_hook(model)
     main_metric = task.main_metric(labels, cfg)
 
     main = accelerator.is_main_process
@@ -198,7 +193,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
         saved = copy.deepcopy(base.config)  # label maps in config.json, for adapter runs too
         if hasattr(saved, "quantization_config"):
-            del saved.quantization_config  # the run's base is reloaded in full precision (models.load_trained)
+            del saved.quantization_config  # the run's base is reloaded in full precision (runs.load_trained)
         saved.save_pretrained(run_dir)
         tokenizer.save_pretrained(run_dir)
         adapter = (run_dir / "adapter_config.json").is_file()
@@ -207,7 +202,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
             cfg, base=catalog.public_name(cfg.model.name) or str(base_path), trainable=trainable, total=total, metrics=result.best,
             seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,
             auto_class=task.model_class(base.config).__name__, labelled=task.labelled, hub_task=task.hub_task,
-            load_note=getattr(method, "load_note", None)),
+            load_note=method.load_note),
             encoding="utf-8")
         # Written last: its presence marks the run dir as complete.
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -333,7 +333,7 @@ def test_eval_on_the_runs_own_training_data_scores_its_held_out_rows(tmp_path, t
 
 
 def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, sentiment, monkeypatch):
-    import ftkit.models
+    import ftkit.runs
 
     out = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--data", sentiment["train"], "--output", out, "--max-steps", "2",
@@ -342,7 +342,7 @@ def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, sen
     def never(*a, **k):
         raise AssertionError("the model was loaded before the data was checked")
 
-    monkeypatch.setattr(ftkit.models, "load_trained", never)
+    monkeypatch.setattr(ftkit.runs, "load_trained", never)
     bad = write_rows(tmp_path / "bad.csv", [{"sentence": "a fine film", "label": "positive"}])
     result = run_cli("eval", out, "--data", bad)
     assert result.exit_code == 2, result.output

@@ -87,7 +87,7 @@ def test_causal_round_trip(causal_run, tiny_causal, copy_data, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftkit.models import load_trained
+    from ftkit.runs import load_trained
 
     method, out = causal_run
     summary = json.loads((out / "metrics.json").read_text())

@@ -104,12 +104,12 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize("extra, expected", CONFIG_CASES, ids=[c[1][:40] for c in CONFIG_CASES])
 def test_bad_config_is_refused_before_loading(extra, expected, tiny_model, sentiment, tmp_path, monkeypatch):
-    import ftkit.models
+    import ftkit.base_model
 
     def never(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(ftkit.models, "load_for_training", never)
+    monkeypatch.setattr(ftkit.base_model, "load_for_training", never)
     out = tmp_path / "run"
     args = train_args(tiny_model, sentiment, out)
     if "--max-length" in extra:

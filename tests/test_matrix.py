@@ -78,7 +78,7 @@ def test_readme_support_table_is_current():
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_gradient_checkpointing_trains_the_same_model(task, method, data_for, tmp_path):
     """Recomputing activations (RNG state preserved) must not change what is learned, only the memory."""
-    from ftkit.models import load_for_training
+    from ftkit.base_model import load_for_training
 
     model, data, _ = data_for[task]
     losses = {}
@@ -129,12 +129,12 @@ def test_shipped_recipe_trains_on_a_tiny_model(name, data_for, tmp_path):
 
 @pytest.mark.parametrize("task", TASKS.names())
 def test_dry_run_describes_without_loading_or_writing(task, data_for, tmp_path, monkeypatch):
-    import ftkit.models
+    import ftkit.base_model
 
     def never(*a, **k):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(ftkit.models, "load_for_training", never)
+    monkeypatch.setattr(ftkit.base_model, "load_for_training", never)
     model, data, _ = data_for[task]
     out = tmp_path / "run"
     result = run_cli(*train_args(model, data, out, "--task", task, "--max-length", "6", "--dry-run"))

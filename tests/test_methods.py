@@ -87,7 +87,8 @@ def test_8bit_lora_trains_on_an_int8_base_and_merges_into_full_precision(tiny_mo
     from bitsandbytes.nn import Linear8bitLt
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ftkit.models import load_for_training, load_trained
+    from ftkit.base_model import load_for_training
+    from ftkit.runs import load_trained
     from ftkit.tasks import TASKS
 
     cfg = config.build({"model": {"name": str(tiny_model), "quant": "8bit"}})
@@ -145,7 +146,7 @@ def test_4bit_inference_on_cpu_for_a_run_and_a_plain_checkpoint(tiny_model, sent
     import torch
     from bitsandbytes.nn import Linear4bit
 
-    from ftkit.models import load_trained
+    from ftkit.runs import load_trained
 
     out = tmp_path / "run"
     assert run_cli(*train_args(tiny_model, sentiment, out, "--epochs", "12", "--lr", "1e-2")).exit_code == 0

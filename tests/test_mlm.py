@@ -151,7 +151,7 @@ def test_fine_tuning_starts_from_the_adapted_encoder(method, mlm_run, tiny_model
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM
 
-    from ftkit.models import base_model_path, load_trained
+    from ftkit.runs import base_model_path, load_trained
 
     stage1 = mlm_run
     if method == "full":
@@ -197,7 +197,7 @@ def test_the_model_card_says_how_to_load_the_adapter_without_ftkit(mlm_run):
 
     import yaml
 
-    from ftkit.models import load_trained
+    from ftkit.runs import load_trained
 
     text = (mlm_run / "README.md").read_text()
     assert yaml.safe_load(text.split("---\n")[1])["pipeline_tag"] == "fill-mask"

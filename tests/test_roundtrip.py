@@ -123,7 +123,7 @@ def test_export_merge_equals_run(trained, sentiment, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ftkit.models import load_trained
+    from ftkit.runs import load_trained
 
     method, out, _ = trained
     result = run_cli("export", out, "--output", tmp_path / "merged", "--merge")

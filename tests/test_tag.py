@@ -139,7 +139,7 @@ def test_tag_round_trip(tag_run, ner, tmp_path):
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from ftkit.models import load_trained
+    from ftkit.runs import load_trained
 
     method, out = tag_run
     summary = json.loads((out / "metrics.json").read_text())

@@ -1,9 +1,8 @@
-"""Fine-tuning methods. Each module registers one method object in METHODS; nothing else enumerates them.
+"""Fine-tuning methods. Each module registers one ``Method`` subclass in METHODS; nothing else enumerates them.
 
-A method has a ``params`` dataclass (its config keys under ``method.``), a ``default_lr``, ``validate(cfg)`` for
-checks that need no model, and ``apply(model, params, head)`` that makes the right parameters trainable (wrapping
-the model in a PEFT model where it is an adapter method). ``head`` names the task head's modules, which are
-always trained and saved with the adapter.
+To add a method: one module here that subclasses ``Method``, declares its class attributes and ``params``, and
+implements ``apply`` (plus whichever hooks it needs; each default below says what not overriding it means), and a
+recipe in tasks/. The task x method matrix in tests/test_matrix.py then tests it with every task.
 """
 
 from __future__ import annotations
@@ -11,20 +10,58 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Protocol
 
+from ftkit.errors import UsageError
 from ftkit.registry import Registry
 
 
-class Method(Protocol):
+class Method:
     name: str
     description: str
-    params: type  # dataclass of the method's config keys (``method.KEY``)
+    params: type  # dataclass of the method's config keys (``method.KEY``), each documented at its field
     default_lr: float
-    mergeable: bool  # an adapter that `export --merge` can fold into the base weights
+    mergeable: bool = True  # an adapter that `export --merge` can fold into the base weights
+    load_note: str | None = None  # what a user loading the run without ftkit must know (the model card says it)
 
-    def validate(self, cfg) -> None: ...  # checks that need no model; refuse unsupported combinations here
-    def apply(self, model, params: dict, ctx: "Context"): ...  # -> the model to train
+    def validate(self, cfg, task) -> None:
+        """Checks that need no model: refuse a setting or a task (``task``: the run's task object) the method cannot
+        train with, with a UsageError naming the key. Default: everything is accepted."""
+
+    def apply(self, model, params: dict, ctx: "Context"):
+        """Make the right parameters trainable (wrapping ``model`` in a PEFT model for an adapter method) and return
+        the model to train. ``params``: the method's config keys."""
+        raise NotImplementedError
+
+    def virtual_tokens(self, params: dict) -> int:
+        """Positions the method puts in front of the input (prompt/prefix tuning). Default: none."""
+        return 0
+
+    def step_hook(self, model):
+        """A callable(step) the loop calls after each optimizer step, before gradients are zeroed (AdaLoRA's rank
+        allocation). Default: None, no hook."""
+        return None
+
+    def get_state(self, model) -> dict:
+        """What a resumed run needs beyond the weights and optimizer (tensors, lists, None only), saved with each
+        checkpoint by a method that overrides it (``keeps_state``). Default: nothing is saved."""
+        return {}
+
+    def set_state(self, model, state: dict) -> None:
+        """Restore what ``get_state`` saved, when the run resumes."""
+
+    @property
+    def keeps_state(self) -> bool:
+        return type(self).get_state is not Method.get_state
+
+    def prepare_loaded(self, model) -> None:
+        """Adjust a finished run's model after peft loaded it for eval/predict/export. Default: nothing."""
+
+
+def refuse_quantized_base(method: Method, cfg) -> None:
+    """A method that trains the base's own weights cannot train frozen k-bit integers."""
+    if cfg.model.quant != "none":
+        raise UsageError(f"method {method.name!r} cannot train a {cfg.model.quant} quantized base (its weights "
+                         "are frozen integers); use an adapter method such as lora, or --quant none")
 
 
 @dataclass
@@ -41,10 +78,8 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def positions_taken(cfg) -> int:
-    """Positions the method's virtual tokens occupy in front of the input (a method says so with
-    ``virtual_tokens(params)``; prompt and prefix tuning do)."""
-    method = METHODS.get(cfg.method_name)
-    return method.virtual_tokens(cfg.method) if hasattr(method, "virtual_tokens") else 0
+    """Positions the method's virtual tokens occupy in front of the input."""
+    return METHODS.get(cfg.method_name).virtual_tokens(cfg.method)
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):

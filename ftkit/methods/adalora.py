@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS
+from ftkit.methods import METHODS, Method
 from ftkit.methods.lora import check_lora_params, targets, wrap
 
 
@@ -41,14 +41,14 @@ def schedule(params: dict, total: int) -> tuple[int, int, int]:
 
 
 @METHODS.register("adalora")
-class AdaLora:
+class AdaLora(Method):
     name = "adalora"
     params = AdaLoraParams
     mergeable = True
     default_lr = 1e-3
     description = "LoRA with adaptive rank allocation (peft AdaLoRA)"
 
-    def validate(self, cfg) -> None:
+    def validate(self, cfg, task) -> None:
         p = cfg.method
         check_lora_params(p)
         if p["init_r"] < p["r"]:

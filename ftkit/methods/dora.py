@@ -12,7 +12,7 @@ class Dora(Lora):
     description = "weight-decomposed LoRA (peft use_dora)"
     use_dora = True
 
-    def validate(self, cfg) -> None:
+    def validate(self, cfg, task) -> None:
         check_lora_params(cfg.method)
         if cfg.model.quant != "none":
             # peft's DoRA layer for bitsandbytes fails in the forward pass here (bitsandbytes 0.50, CPU)

@@ -2,8 +2,7 @@
 
 from dataclasses import dataclass
 
-from ftkit.errors import UsageError
-from ftkit.methods import METHODS
+from ftkit.methods import METHODS, Method, refuse_quantized_base
 
 
 @dataclass
@@ -12,18 +11,15 @@ class FullParams:
 
 
 @METHODS.register("full")
-class Full:
+class Full(Method):
     name = "full"
     params = FullParams
     mergeable = True
     default_lr = 3e-5
     description = "train every weight"
 
-    def validate(self, cfg) -> None:
-        if cfg.model.quant != "none":
-            raise UsageError(f"method {self.name!r} cannot train a {cfg.model.quant} quantized base (its weights "
-                             "are frozen integers); use an adapter method such as lora, or --quant none")
-        pass
+    def validate(self, cfg, task) -> None:
+        refuse_quantized_base(self, cfg)
 
     def apply(self, model, params: dict, ctx):
         model.requires_grad_(True)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS
+from ftkit.methods import METHODS, Method, refuse_quantized_base
 
 
 @dataclass
@@ -12,20 +12,16 @@ class HeadParams:
 
 
 @METHODS.register("head")
-class Head:
+class Head(Method):
     name = "head"
     params = HeadParams
     mergeable = True
     default_lr = 1e-3  # a freshly initialised head on frozen features wants a large step
     description = "freeze the backbone, train the task head"
 
-    def validate(self, cfg) -> None:
-        if cfg.model.quant != "none":
-            raise UsageError(f"method {self.name!r} cannot train a {cfg.model.quant} quantized base (its weights "
-                             "are frozen integers); use an adapter method such as lora, or --quant none")
-        from ftkit.tasks import TASKS
-
-        if not TASKS.get(cfg.task_name).labelled:
+    def validate(self, cfg, task) -> None:
+        refuse_quantized_base(self, cfg)
+        if not task.labelled:
             raise UsageError(f"method 'head' needs a task with a new head to train; task {cfg.task_name!r} has "
                              "none (it predicts the model's vocabulary): use lora or full")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftkit.methods import METHODS
+from ftkit.methods import METHODS, Method
 from ftkit.methods.lora import wrap
 
 
@@ -17,14 +17,14 @@ class Ia3Params:
 
 
 @METHODS.register("ia3")
-class Ia3:
+class Ia3(Method):
     name = "ia3"
     params = Ia3Params
     mergeable = True
     default_lr = 5e-3
     description = "learned rescaling vectors (peft IA3)"
 
-    def validate(self, cfg) -> None:
+    def validate(self, cfg, task) -> None:
         pass
 
     def apply(self, model, params: dict, ctx):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS
+from ftkit.methods import METHODS, Method
 
 
 @dataclass
@@ -44,7 +44,7 @@ def wrap(model, peft_config, params: dict, method: str):
     except ValueError as e:
         if "target_modules" not in params:
             raise UsageError(f"method {method!r} cannot run on {type(model).__name__}: peft says "
-                             f"{first_line(e)!r}") from None
+                             f"{first_line(e) or type(e).__name__!r}") from None
         if params["target_modules"] is None:
             raise UsageError(f"config key 'method.target_modules': peft has no default targets for "
                              f"{type(model).__name__}; set it, e.g. --set method.target_modules=all-linear or "
@@ -58,7 +58,7 @@ def wrap(model, peft_config, params: dict, method: str):
 
 
 @METHODS.register("lora")
-class Lora:
+class Lora(Method):
     name = "lora"
     params = LoraParams
     mergeable = True
@@ -66,7 +66,7 @@ class Lora:
     description = "low-rank adapters (peft LoRA); head trained in full"
     use_dora = False
 
-    def validate(self, cfg) -> None:
+    def validate(self, cfg, task) -> None:
         check_lora_params(cfg.method)
 
     def apply(self, model, params: dict, ctx):

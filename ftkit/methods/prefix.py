@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS
+from ftkit.methods import METHODS, Method
 from ftkit.methods.lora import wrap
 
 
@@ -18,7 +18,7 @@ class PrefixParams:
 
 
 @METHODS.register("prefix")
-class Prefix:
+class Prefix(Method):
     name = "prefix"
     params = PrefixParams
     mergeable = False
@@ -28,7 +28,7 @@ class Prefix:
                  "backbone's cache argument: call ftkit.compat.accept_past_key_values(model.get_base_model()) "
                  "before the first forward (or use transformers < 5.24)")
 
-    def validate(self, cfg) -> None:
+    def validate(self, cfg, task) -> None:
         if cfg.model.quant != "none":
             raise UsageError("method 'prefix' cannot train on a quantized base: k-bit training uses gradient "
                              "checkpointing, which prefix tuning does not support; use lora or prompt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS
+from ftkit.methods import METHODS, Method
 from ftkit.methods.lora import wrap
 
 
@@ -17,17 +17,15 @@ class PromptParams:
 
 
 @METHODS.register("prompt")
-class Prompt:
+class Prompt(Method):
     name = "prompt"
     params = PromptParams
     mergeable = False
     default_lr = 3e-2
     description = "a learned soft prompt (peft prompt tuning); not mergeable"
 
-    def validate(self, cfg) -> None:
-        from ftkit.tasks import TASKS
-
-        if not TASKS.get(cfg.task_name).virtual_tokens_in_loss:
+    def validate(self, cfg, task) -> None:
+        if not task.virtual_tokens_in_loss:
             raise UsageError(f"method 'prompt' does not support task {cfg.task_name!r} (peft's per-token loss does "
                              "not account for the virtual tokens); use prefix, lora or ia3")
         if cfg.method["num_virtual_tokens"] < 1:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ftkit.data import Table
 from ftkit.errors import UsageError
+from ftkit.table import Table
+from ftkit.tasks import Task
 
 IGNORE = -100  # the label of a position that takes no loss (PyTorch's cross-entropy default ignore_index)
 UNSEEN = -1  # the reference of a gold label the model was not trained on: takes no loss, scored as an error
@@ -98,7 +99,7 @@ def confusion_metrics(preds, refs, labels: list[str]) -> dict:
     }
 
 
-class LabelledTask:
+class LabelledTask(Task):
     """What the classification-style tasks (cls, tag) share: a new head over a pretrained backbone, sized by the
     label set, whose label maps go into config.json. A subclass names its transformers auto class and peft task
     type."""
@@ -123,9 +124,6 @@ class LabelledTask:
 
     def peft_task_type(self, model_config) -> str:
         return self.peft_type
-
-    def prepare_model(self, model, tokenizer) -> None:
-        pass
 
     def config_overrides(self, labels: list[str]) -> dict:
         return label_config(labels)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftkit.data import Table, to_features
+from ftkit.data import to_features
 from ftkit.errors import UsageError
+from ftkit.table import Table
 from ftkit.tasks import TASKS
 from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, confusion_metrics, label_name, pad_collate,
                                  sort_labels)

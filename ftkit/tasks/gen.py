@@ -15,9 +15,10 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-from ftkit.data import Table, to_features
+from ftkit.data import to_features
 from ftkit.errors import UsageError
-from ftkit.tasks import TASKS
+from ftkit.table import Table
+from ftkit.tasks import TASKS, Task
 from ftkit.tasks._common import IGNORE, pad_collate, real_positions
 
 FORMATS = ("auto", "pairs", "chat", "text")
@@ -41,7 +42,7 @@ class GenParams:
 
 
 @TASKS.register("gen")
-class Generation:
+class Generation(Task):
     name = "gen"
     params = GenParams
     columns = {"prompt": "prompt", "response": "response", "messages": "messages", "text": "text"}

@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ftkit.data import Table
 from ftkit.errors import UsageError
-from ftkit.tasks import TASKS
+from ftkit.table import Table
+from ftkit.tasks import TASKS, Task
 from ftkit.tasks._common import IGNORE, head_modules, real_positions
 
 
@@ -30,7 +30,7 @@ class MlmParams:
 
 
 @TASKS.register("mlm")
-class MaskedLM:
+class MaskedLM(Task):
     name = "mlm"
     params = MlmParams
     columns = {"text": "text"}

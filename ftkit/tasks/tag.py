@@ -10,8 +10,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from ftkit.data import Table
 from ftkit.errors import UsageError
+from ftkit.table import Table
 from ftkit.tasks import TASKS
 from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, confusion_metrics, pad_collate, real_positions,
                                  sort_labels)
