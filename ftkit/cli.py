@@ -154,7 +154,7 @@ def train(
         start = time.perf_counter()
         summary = run_train(cfg, overwrite=overwrite, resume=resume, dry_run=dry_run, quiet=quiet)
         if dry_run:
-            from ftkit.report import print_dry_run
+            from ftkit.tables import print_dry_run
 
             print_dry_run(summary)
             return
@@ -208,7 +208,7 @@ def eval_(
     def run_():
         from ftkit.inference import eval_data, evaluate
         from ftkit.runs import load_trained, locate
-        from ftkit.report import print_eval
+        from ftkit.tables import print_eval
 
         sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
         if confusion_png is not None and confusion_png.suffix.lower() != ".png":
@@ -363,7 +363,7 @@ def info(
 
     def run_():
         from ftkit.info import info as run_info
-        from ftkit.report import print_info
+        from ftkit.tables import print_info
 
         flags = {"task": task, "method": method, "model": {"name": model, "quant": quant},
                  "data": {"max_length": max_length},

@@ -67,7 +67,7 @@ def collect() -> dict:
 
 
 def render(info: dict) -> str:
-    from ftkit.report import human_bytes
+    from ftkit.tables import human_bytes
 
     gpus = "; ".join(f"{g['index']}: {g['name']}, {human_bytes(g['memory_bytes'])}" for g in info["gpus"]) or "none"
     cpus = f"{info['cpus']}" + (f" ({info['cpus_usable']} usable)" if info["cpus_usable"] != info["cpus"] else "")

@@ -106,7 +106,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit.base_model import check_base_model, check_quant_training, load_for_training, trained_modules
     from ftkit.models import count_params, cpu_kernels
     from ftkit.plots import curves
-    from ftkit.report import Reporter, model_card
+    from ftkit.card import model_card
+    from ftkit.report import Reporter
 
     check_scale_out(cfg)
     check_quant_training(cfg)
