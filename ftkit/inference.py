@@ -80,7 +80,7 @@ def evaluate(loaded, data: EvalData, sets: list[str], batch_size: int = 64) -> d
     if warning := unseen_labels(task, table, cfg, labels):
         data.notes.append(warning)
     enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
-    feats = task.features(enc, targets, list(range(len(table))), cfg, training=False)
+    feats = task.features(enc, targets, list(range(len(table))), cfg, training=False, notes=data.notes)
     accelerator = Accelerator()
     collate = task.batching(loaded.model, loaded.tokenizer, cfg, feats).collate
     loader = accelerator.prepare(DataLoader(feats, batch_size=batch_size, collate_fn=collate))

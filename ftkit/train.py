@@ -133,8 +133,9 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, model.config, eval_table,
                                                                          cfg.data.eval, cfg)
-    train_features = task.features(train_enc, train_targets, train_idx, cfg, training=True)
-    eval_features = task.features(eval_enc, eval_targets, eval_idx, cfg, training=False)
+    data_notes = []  # shown once the reporter exists: on the main process only, respecting --quiet
+    train_features = task.features(train_enc, train_targets, train_idx, cfg, training=True, notes=data_notes)
+    eval_features = task.features(eval_enc, eval_targets, eval_idx, cfg, training=False, notes=data_notes)
     if not eval_features:
         raise UsageError(f"{cfg.data.eval or cfg.data.train}: the evaluation split has no usable rows")
 
@@ -162,6 +163,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     reporter = Reporter(run_dir, enabled=main, quiet=quiet, cfg=cfg)
     if unseen_warning:
         reporter.warn(unseen_warning)
+    for line in data_notes:
+        reporter.note(line)
     reporter.note(f"{cfg.task_name}/{cfg.method_name} on {cfg.model.name}: {len(train_features)} train / "
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")

@@ -51,15 +51,18 @@ def test_labels_go_on_the_first_subtoken(tiny_model):
         assert feat["labels"] == [IGNORE, 1, 0, IGNORE, IGNORE, 1, IGNORE]
 
 
-def test_truncation_is_counted(tiny_model, capsys):
+def test_truncation_is_counted(tiny_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     table = Table("t", {"tokens": [["the"] * 20, ["the", "film"]], "tags": [["O"] * 20, ["O", "O"]]})
     cfg = _cfg()
-    feats = TAG.features(TAG.encode(tok, table, cfg, None), TAG.targets(table, cfg, ["O"]), [0, 1], cfg, training=True)
+    notes = []
+    feats = TAG.features(TAG.encode(tok, table, cfg, None), TAG.targets(table, cfg, ["O"]), [0, 1], cfg,
+                         training=True, notes=notes)
     assert len(feats[0]["input_ids"]) == 8
-    assert "1 of 2 sentences are longer than data.max_length=8" in capsys.readouterr().err
+    assert notes == ["note: 1 of 2 sentences are longer than data.max_length=8 tokens and were cut (their last "
+                     "words are not scored)"]
 
 
 def test_scheme_detection():

@@ -63,7 +63,10 @@ class Task:
     def encode(self, tokenizer, table, cfg, model_config) -> dict[str, list[list[int]]]:
         raise NotImplementedError
 
-    def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool) -> list[dict]:
+    def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool,
+                 notes: list[str] | None = None) -> list[dict]:
+        """Model-ready rows ``idx``; what the user should know about them (rows cut or skipped) is appended to
+        ``notes``, which the caller shows through its reporter (once, respecting --quiet)."""
         raise NotImplementedError
 
     def collator(self, tokenizer, cfg):

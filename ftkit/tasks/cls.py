@@ -77,7 +77,8 @@ class Classification(LabelledTask):
         ids = {name: i for i, name in enumerate(labels)}
         return [ids.get(name, UNSEEN) for name in self.gold_names(table, cfg)]
 
-    def features(self, enc: dict, targets: list[int], idx: list[int], cfg, training: bool) -> list[dict]:
+    def features(self, enc: dict, targets: list[int], idx: list[int], cfg, training: bool,
+                 notes: list[str] | None = None) -> list[dict]:
         return to_features(enc, targets, idx)
 
     def collator(self, tokenizer, cfg):

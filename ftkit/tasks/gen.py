@@ -12,7 +12,6 @@ template (so training matches how the model is prompted), and as prompt + respon
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 
 from ftkit.data import to_features
@@ -101,7 +100,8 @@ class Generation(Task):
     def targets(self, table: Table, cfg, labels: list[str]) -> list[None]:
         return [None] * len(table)  # labels come from the encoding itself
 
-    def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool) -> list[dict]:
+    def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool,
+                 notes: list[str] | None = None) -> list[dict]:
         """Training drops rows with no token left to learn (a prompt longer than data.max_length cuts the whole
         response away): a batch of only such rows has no loss (NaN)."""
         out = [{k: v[i] for k, v in enc.items()} for i in idx]
@@ -113,10 +113,10 @@ class Generation(Task):
             return any(t != IGNORE for t in labels)
 
         kept = [f for f in out if scored(f)]
-        if len(kept) < len(out):
-            print(f"note: {len(out) - len(kept)} of {len(out)} training rows have no response tokens left within "
-                  f"data.max_length={cfg.data.max_length} and are skipped (raise --max-length to keep them)",
-                  file=sys.stderr)
+        if len(kept) < len(out) and notes is not None:
+            notes.append(f"note: {len(out) - len(kept)} of {len(out)} training rows have no response tokens left "
+                         f"within data.max_length={cfg.data.max_length} and are skipped (raise --max-length to keep "
+                         "them)")
         if not kept:
             raise UsageError(f"{cfg.data.train}: no training row keeps any response token within "
                              f"data.max_length={cfg.data.max_length}; raise --max-length")

@@ -80,7 +80,8 @@ class MaskedLM(Task):
         words = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(rows))]
         return {"input_ids": enc["input_ids"], "word_ids": words, "row": [[r] for r in rows]}
 
-    def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool) -> list[dict]:
+    def features(self, enc: dict, targets: list, idx: list[int], cfg, training: bool,
+                 notes: list[str] | None = None) -> list[dict]:
         """The windows of rows ``idx``. Evaluation windows carry a fixed masking seed."""
         wanted = set(idx)
         out = [{"input_ids": ids, "word_ids": words}

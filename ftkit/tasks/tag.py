@@ -7,7 +7,6 @@ scores one prediction per word (the first sub-token's)."""
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
@@ -95,7 +94,8 @@ class Tagging(LabelledTask):
         return {"input_ids": enc["input_ids"], "word_ids": word_ids,
                 **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {})}
 
-    def features(self, enc: dict, targets: list[list[int]], idx: list[int], cfg, training: bool) -> list[dict]:
+    def features(self, enc: dict, targets: list[list[int]], idx: list[int], cfg, training: bool,
+                 notes: list[str] | None = None) -> list[dict]:
         all_subtokens = training and cfg.task["label_all_subtokens"]
         out, truncated = [], 0
         for i in idx:
@@ -106,9 +106,9 @@ class Tagging(LabelledTask):
                 prev = w if w >= 0 else prev
             truncated += max(word_ids) + 1 < len(tags)
             out.append({k: v[i] for k, v in enc.items() if k != "word_ids"} | {"labels": labels})
-        if truncated:
-            print(f"note: {truncated} of {len(idx)} sentences are longer than data.max_length="
-                  f"{cfg.data.max_length} tokens and were cut (their last words are not scored)", file=sys.stderr)
+        if truncated and notes is not None:
+            notes.append(f"note: {truncated} of {len(idx)} sentences are longer than data.max_length="
+                         f"{cfg.data.max_length} tokens and were cut (their last words are not scored)")
         return out
 
     def collator(self, tokenizer, cfg):
