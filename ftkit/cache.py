@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Callable
 
 from ftkit.catalog import cache_dir
+from ftkit.files import atomic_path
 
 
 def cached_encodings(key: dict, compute: Callable[[], dict[str, list[list[int]]]]) -> dict[str, list[list[int]]]:
@@ -29,9 +29,8 @@ def cached_encodings(key: dict, compute: Callable[[], dict[str, list[list[int]]]
     for name, seqs in out.items():
         arrays[f"{name}.flat"] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
         arrays[f"{name}.offsets"] = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, ".npz") as tmp:
+        np.savez(tmp, **arrays)
     return out
 
 

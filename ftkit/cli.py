@@ -85,10 +85,9 @@ def _emit(records, output: Optional[Path]) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(output)
+    from ftkit.files import write_text
+
+    write_text(output, text)
 
 
 @app.command()

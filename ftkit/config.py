@@ -353,7 +353,9 @@ def resolve(recipe: Path | None, flags: dict, sets: list[str]) -> Config:
 def dump_yaml(cfg: Config, path: Path) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from ftkit.files import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -4,8 +4,9 @@ matrix. matplotlib is imported here only, with the non-interactive Agg backend."
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from ftkit.files import atomic_path
 
 
 def _pyplot():
@@ -18,9 +19,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 def curves(run_dir: Path, main_metric: str) -> Path:

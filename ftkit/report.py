@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ftkit.files import write_text
+
 
 class Reporter:
     """Writes metrics.jsonl and shows progress: a rich bar on a terminal, plain log lines otherwise (CI logs).
@@ -39,7 +41,7 @@ class Reporter:
                         kept.append(line + "\n")
                 except ValueError:
                     pass
-            self.path.write_text("".join(kept), encoding="utf-8")
+            write_text(self.path, "".join(kept))
         self.note(f"resumed from {checkpoint} (step {step})" if checkpoint
                   else "no checkpoint to resume from: starting at step 0")
 

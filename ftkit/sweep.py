@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from ftkit import config as config_mod
 from ftkit.errors import RunStopped, UsageError, first_line
+from ftkit.files import write_text
 
 # the typed `ftkit train` flags, usable as --param names
 ALIASES = {"lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
@@ -114,7 +114,7 @@ def run_sweep(plan: Plan, root: Path, resume: bool, echo) -> list[dict]:
     plan = prepare(root, plan, resume)
     configs = [trial_config(plan, k, root) for k in range(len(plan.trials))]  # every trial valid before the first
     root.mkdir(parents=True, exist_ok=True)
-    _write(root / PLAN, json.dumps(plan.to_dict(), indent=2) + "\n")
+    write_text(root / PLAN, json.dumps(plan.to_dict(), indent=2) + "\n")
     for k, cfg in enumerate(configs):
         run = root / trial_name(k)
         if (run / "metrics.json").is_file() or (run / "failed.txt").is_file():
@@ -142,7 +142,7 @@ def run_sweep(plan: Plan, root: Path, resume: bool, echo) -> list[dict]:
 
 def _failed(run: Path, reason: str, echo) -> None:
     run.mkdir(parents=True, exist_ok=True)
-    _write(run / "failed.txt", reason + "\n")
+    write_text(run / "failed.txt", reason + "\n")
     echo(f"  failed: {reason}")
 
 
@@ -177,15 +177,15 @@ def leaderboard(plan: Plan, root: Path) -> list[dict]:
 
 
 def write_leaderboard(rows: list[dict], plan: Plan, root: Path) -> None:
-    _write(root / "leaderboard.json", json.dumps(rows, indent=2) + "\n")
-    _write(root / "leaderboard.md", render(rows, plan) + "\n")
+    write_text(root / "leaderboard.json", json.dumps(rows, indent=2) + "\n")
+    write_text(root / "leaderboard.md", render(rows, plan) + "\n")
     best = rows[0] if rows and rows[0]["status"] == "done" else None
     if best:
         text = (root / best["trial"] / "ftkit.yaml").read_text(encoding="utf-8")
         lines = [line for line in text.splitlines() if not line.startswith("output:")]
         values = ", ".join(f"{k}={v}" for k, v in best["params"].items())
         head = f"# best of sweep {root.name}: {best['trial']} ({values}), {best['metric']} {best['value']:.4f}"
-        _write(root / "best.yaml", head + "\n" + "\n".join(lines) + "\n")
+        write_text(root / "best.yaml", head + "\n" + "\n".join(lines) + "\n")
 
 
 def render(rows: list[dict], plan: Plan) -> str:
@@ -200,9 +200,3 @@ def render(rows: list[dict], plan: Plan) -> str:
         out.append(f"| {cells[0]} | {r['trial']} | " + " | ".join(str(r["params"][k]) for k in keys)
                    + f" | {cells[1]} | {cells[2]} | {cells[3]} | {r['status']} |")
     return "\n".join(out)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

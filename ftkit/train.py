@@ -14,6 +14,7 @@ from ftkit import catalog
 from ftkit import config as config_mod
 from ftkit.data import Table, fingerprint, held_out_split, read_table
 from ftkit.errors import UsageError
+from ftkit.files import write_text
 
 
 def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
@@ -202,14 +203,13 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         tokenizer.save_pretrained(run_dir)
         adapter = (run_dir / "adapter_config.json").is_file()
         curves(run_dir, main_metric)
-        (run_dir / "README.md").write_text(model_card(
+        write_text(run_dir / "README.md", model_card(
             cfg, base=catalog.public_name(cfg.model.name) or str(base_path), trainable=trainable, total=total, metrics=result.best,
             seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,
             auto_class=task.model_class(base.config).__name__, labelled=task.labelled, hub_task=task.hub_task,
-            load_note=method.load_note),
-            encoding="utf-8")
+            load_note=method.load_note))
         # Written last: its presence marks the run dir as complete.
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_text(run_dir / "metrics.json", json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return summary
 
