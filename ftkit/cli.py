@@ -3,6 +3,7 @@ usage errors answer without loading torch, transformers or peft."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -76,6 +77,17 @@ def _guard(fn, debug: bool):
         raise typer.Exit(1)
 
 
+def guarded(command):
+    """A command's body run under ``_guard`` (its ``debug`` option decides whether a failure shows the traceback);
+    the signature stays the command's, for Typer."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        return _guard(lambda: command(*args, **kwargs), kwargs.get("debug", False))
+
+    return run
+
+
 def _emit(records, output: Optional[Path]) -> None:
     """JSON records to a file (written whole, then renamed) or to stdout."""
     if isinstance(records, dict):
@@ -91,6 +103,7 @@ def _emit(records, output: Optional[Path]) -> None:
 
 
 @app.command()
+@guarded
 def train(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML file, or the name of a shipped recipe "
                                                          "(`ftkit recipes`).")] = None,
@@ -135,39 +148,35 @@ def train(
     debug: Debug = False,
 ):
     """Fine-tune a model. Precedence: defaults < RECIPE < flags < --set."""
+    from ftkit import config, recipes
 
-    def run():
-        from ftkit import config, recipes
+    flags = {"task": task, "method": method, "output": output,
+             "model": {"name": model, "quant": quant, "trust_remote_code": trust_remote_code,
+                       "allow_pickle": allow_pickle},
+             "data": {"train": data, "eval": eval_data, "max_length": max_length},
+             "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
+                       "grad_accum": grad_accum, "seed": seed, "precision": precision,
+                       "gradient_checkpointing": gradient_checkpointing, "run_name": run_name,
+                       "report_to": report_to.split(",") if report_to else None}}
+    cfg = config.resolve(recipes.find(recipe) if recipe else None, _drop_none(flags), set_ or [])
+    from ftkit.train import train as run_train
 
-        flags = {"task": task, "method": method, "output": output,
-                 "model": {"name": model, "quant": quant, "trust_remote_code": trust_remote_code,
-                           "allow_pickle": allow_pickle},
-                 "data": {"train": data, "eval": eval_data, "max_length": max_length},
-                 "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
-                           "grad_accum": grad_accum, "seed": seed, "precision": precision,
-                           "gradient_checkpointing": gradient_checkpointing, "run_name": run_name,
-                           "report_to": report_to.split(",") if report_to else None}}
-        cfg = config.resolve(recipes.find(recipe) if recipe else None, _drop_none(flags), set_ or [])
-        from ftkit.train import train as run_train
+    start = time.perf_counter()
+    summary = run_train(cfg, overwrite=overwrite, resume=resume, dry_run=dry_run, quiet=quiet)
+    if dry_run:
+        from ftkit.tables import print_dry_run
 
-        start = time.perf_counter()
-        summary = run_train(cfg, overwrite=overwrite, resume=resume, dry_run=dry_run, quiet=quiet)
-        if dry_run:
-            from ftkit.tables import print_dry_run
+        print_dry_run(summary)
+        return
+    from accelerate import PartialState
 
-            print_dry_run(summary)
-            return
-        from accelerate import PartialState
-
-        if not PartialState().is_main_process:  # one summary per run, not one per process
-            return
-        metrics = {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))}
-        typer.echo("held-out: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in metrics.items()))
-        typer.echo(f"run dir: {cfg.output}  ({time.perf_counter() - start:.0f} s in all, "
-                   f"{summary['train']['seconds']:.0f} s training)")
-
-    _guard(run, debug)
+    if not PartialState().is_main_process:  # one summary per run, not one per process
+        return
+    metrics = {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))}
+    typer.echo("held-out: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in metrics.items()))
+    typer.echo(f"run dir: {cfg.output}  ({time.perf_counter() - start:.0f} s in all, "
+               f"{summary['train']['seconds']:.0f} s training)")
 
 
 def _drop_none(d: dict) -> dict:
@@ -183,6 +192,7 @@ def _drop_none(d: dict) -> dict:
 
 
 @app.command("eval")
+@guarded
 def eval_(
     run: Annotated[str, typer.Argument(help="Run dir, exported checkpoint, or a model (zero-shot baseline).")],
     data: Annotated[str, typer.Option(help="Data file or built-in dataset to evaluate on.")],
@@ -203,36 +213,33 @@ def eval_(
 ):
     """Evaluate on labelled data: cls/tag accuracy, F1 and per-class scores; gen loss and perplexity. Given the
     run's own training data, scores the rows the run held out."""
+    from ftkit.inference import eval_data, evaluate
+    from ftkit.runs import load_trained, locate
+    from ftkit.tables import print_eval
 
-    def run_():
-        from ftkit.inference import eval_data, evaluate
-        from ftkit.runs import load_trained, locate
-        from ftkit.tables import print_eval
+    sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
+    if confusion_png is not None and confusion_png.suffix.lower() != ".png":
+        raise UsageError(f"--confusion-png {confusion_png}: expected a .png file name")
+    target = locate(run, task)
+    if confusion_png is not None and not target.task.labelled:
+        raise UsageError(f"--confusion-png: task {target.task.name!r} has no confusion matrix (cls and tag do)")
+    rows = eval_data(target, data, sets, all_rows)  # checked before any weights load
+    loaded = load_trained(target, quant=quant)
+    metrics = evaluate(loaded, rows, sets, batch_size)
+    for line in rows.notes:
+        typer.echo(line, err=True)
+    if confusion_png is not None:
+        from ftkit.plots import confusion
 
-        sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
-        if confusion_png is not None and confusion_png.suffix.lower() != ".png":
-            raise UsageError(f"--confusion-png {confusion_png}: expected a .png file name")
-        target = locate(run, task)
-        if confusion_png is not None and not target.task.labelled:
-            raise UsageError(f"--confusion-png: task {target.task.name!r} has no confusion matrix (cls and tag do)")
-        rows = eval_data(target, data, sets, all_rows)  # checked before any weights load
-        loaded = load_trained(target, quant=quant)
-        metrics = evaluate(loaded, rows, sets, batch_size)
-        for line in rows.notes:
-            typer.echo(line, err=True)
-        if confusion_png is not None:
-            from ftkit.plots import confusion
-
-            cm = metrics["confusion_matrix"]
-            confusion(cm["matrix"], cm["labels"], confusion_png, title=f"{Path(run).name} on {Path(data).name}")
-        print_eval(metrics)
-        if output:
-            _emit(metrics, output)
-
-    _guard(run_, debug)
+        cm = metrics["confusion_matrix"]
+        confusion(cm["matrix"], cm["labels"], confusion_png, title=f"{Path(run).name} on {Path(data).name}")
+    print_eval(metrics)
+    if output:
+        _emit(metrics, output)
 
 
 @app.command()
+@guarded
 def predict(
     run: Annotated[str, typer.Argument(help="Run dir, exported checkpoint, or a model.")],
     text: Annotated[Optional[list[str]], typer.Option(help="An input text; repeat it for several (one result "
@@ -248,26 +255,23 @@ def predict(
 ):
     """Predict: labels with probabilities (cls), tags per word (tag), or generated text (gen), as JSON lines.
     A single gen --text without --output streams the response to the terminal."""
+    from ftkit.inference import predict as run_predict
+    from ftkit.runs import load_trained
 
-    def run_():
-        from ftkit.inference import predict as run_predict
-        from ftkit.runs import load_trained
-
-        if (not text) == (file is None):
-            raise UsageError("predict: give --text (one or more) or --file, not both")
-        loaded = load_trained(run, task, quant)
-        stream = loaded.task.streams and text is not None and len(text) == 1 and output is None
-        rows = run_predict(loaded, texts=text, file=file, sets=(set_ or []) + _gen_sets(max_new_tokens),
-                           batch_size=batch_size, stream=stream)
-        if not stream:
-            _emit(rows, output)
-        if output is not None:
-            typer.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} to {output}", err=True)
-
-    _guard(run_, debug)
+    if (not text) == (file is None):
+        raise UsageError("predict: give --text (one or more) or --file, not both")
+    loaded = load_trained(run, task, quant)
+    stream = loaded.task.streams and text is not None and len(text) == 1 and output is None
+    rows = run_predict(loaded, texts=text, file=file, sets=(set_ or []) + _gen_sets(max_new_tokens),
+                       batch_size=batch_size, stream=stream)
+    if not stream:
+        _emit(rows, output)
+    if output is not None:
+        typer.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} to {output}", err=True)
 
 
 @app.command()
+@guarded
 def export(
     run: Annotated[str, typer.Argument(help="A finished run dir.")],
     output: Annotated[str, typer.Option(help="Directory to write (must be new or empty).")],
@@ -283,28 +287,25 @@ def export(
     debug: Debug = False,
 ):
     """Export a run as a plain checkpoint (merged), as its adapter alone, or as ONNX for deployment."""
+    if merge and adapter_only:
+        raise UsageError("export: --merge and --adapter-only exclude each other")
+    from ftkit.export import export as run_export
 
-    def run_():
-        if merge and adapter_only:
-            raise UsageError("export: --merge and --adapter-only exclude each other")
-        from ftkit.export import export as run_export
-
-        out = run_export(run, output, adapter_only=adapter_only, fmt=format_, int8=int8)
-        if format_ == "onnx":
-            check = json.loads((out / "onnx.json").read_text())["verification"]
-            typer.echo(f"verified: onnxruntime logits within {check['max_abs_diff']:.2g} of PyTorch's on "
-                       f"{len(check['verified_shapes'])} input shapes (allowed {check['atol']} + {check['rtol']} x "
-                       "|logit|)")
-            if "int8" in check:
-                q = check["int8"]
-                typer.echo(f"int8: {q['file']}, logits within {q['max_abs_diff']:.2g} of fp32's, same prediction "
-                           f"for {100 * q['same_prediction']:.1f}% of the sample outputs")
-        typer.echo(f"exported to {out}")
-
-    _guard(run_, debug)
+    out = run_export(run, output, adapter_only=adapter_only, fmt=format_, int8=int8)
+    if format_ == "onnx":
+        check = json.loads((out / "onnx.json").read_text())["verification"]
+        typer.echo(f"verified: onnxruntime logits within {check['max_abs_diff']:.2g} of PyTorch's on "
+                   f"{len(check['verified_shapes'])} input shapes (allowed {check['atol']} + {check['rtol']} x "
+                   "|logit|)")
+        if "int8" in check:
+            q = check["int8"]
+            typer.echo(f"int8: {q['file']}, logits within {q['max_abs_diff']:.2g} of fp32's, same prediction "
+                       f"for {100 * q['same_prediction']:.1f}% of the sample outputs")
+    typer.echo(f"exported to {out}")
 
 
 @app.command()
+@guarded
 def sweep(
     recipe: Annotated[str, typer.Argument(help="Recipe YAML file or shipped recipe name; every trial starts from "
                                                "it.")],
@@ -323,24 +324,21 @@ def sweep(
 ):
     """Hyper-parameter search: train one run per combination, then rank them by the task's main metric
     (SWEEP/leaderboard.md) and save the best config as a recipe (SWEEP/best.yaml)."""
+    from ftkit import recipes
+    from ftkit import sweep as sw
 
-    def run_():
-        from ftkit import recipes
-        from ftkit import sweep as sw
-
-        recipes.find(recipe)  # a bad name fails before anything else
-        params = sw.parse_params(param)
-        plan = sw.Plan(recipe=recipe, params=params, strategy=strategy,
-                       trials=sw.plan_trials(params, strategy, trials, seed), sets=set_ or [], seed=seed)
-        rows = sw.run_sweep(plan, Path(output), resume, typer.echo)
-        typer.echo(sw.render(rows, plan))
-        if rows and rows[0]["status"] == "done":
-            typer.echo(f"best: {rows[0]['trial']}; its config: {Path(output) / 'best.yaml'}")
-
-    _guard(run_, debug)
+    recipes.find(recipe)  # a bad name fails before anything else
+    params = sw.parse_params(param)
+    plan = sw.Plan(recipe=recipe, params=params, strategy=strategy,
+                   trials=sw.plan_trials(params, strategy, trials, seed), sets=set_ or [], seed=seed)
+    rows = sw.run_sweep(plan, Path(output), resume, typer.echo)
+    typer.echo(sw.render(rows, plan))
+    if rows and rows[0]["status"] == "done":
+        typer.echo(f"best: {rows[0]['trial']}; its config: {Path(output) / 'best.yaml'}")
 
 
 @app.command()
+@guarded
 def info(
     model: Annotated[str, typer.Argument(help="Built-in model name or checkpoint dir.")] = "minilm",
     task: Annotated[str, typer.Option(help="Task family.")] = "cls",
@@ -359,24 +357,21 @@ def info(
 ):
     """Parameters (total, trainable for the method) and an estimate of peak training memory per device: weights,
     gradients and AdamW state, and the activations of one batch (traced on the architecture, no weights read)."""
+    from ftkit.info import info as run_info
+    from ftkit.tables import print_info
 
-    def run_():
-        from ftkit.info import info as run_info
-        from ftkit.tables import print_info
-
-        flags = {"task": task, "method": method, "model": {"name": model, "quant": quant},
-                 "data": {"max_length": max_length},
-                 "train": {"batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing}}
-        result = run_info(_drop_none(flags), set_ or [])
-        if json_:
-            _emit(result, None)
-        else:
-            print_info(result)
-
-    _guard(run_, debug)
+    flags = {"task": task, "method": method, "model": {"name": model, "quant": quant},
+             "data": {"max_length": max_length},
+             "train": {"batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing}}
+    result = run_info(_drop_none(flags), set_ or [])
+    if json_:
+        _emit(result, None)
+    else:
+        print_info(result)
 
 
 @app.command()
+@guarded
 def recipes(
     action: Annotated[Optional[str], typer.Argument(help="`show` (or a recipe name directly).")] = None,
     name: Annotated[Optional[str], typer.Argument(help="The recipe to print.")] = None,
@@ -384,46 +379,38 @@ def recipes(
 ):
     """List the shipped recipes (`ftkit recipes`), or print one (`ftkit recipes show NAME`); pass a name to
     `ftkit train`."""
+    from ftkit import recipes as rec
 
-    def run_():
-        from ftkit import recipes as rec
-
-        nonlocal name
-        if action == "show" and name is None:
-            raise UsageError("recipes show: give a recipe name (see `ftkit recipes`)")
-        if action not in (None, "show"):
-            if name is not None:
-                raise UsageError(f"recipes: unknown action {action!r}; use `ftkit recipes show NAME`")
-            name = action
-        if name:
-            typer.echo(rec.find(name).read_text(encoding="utf-8"), nl=False)
-            return
-        if not rec.shipped():  # the package data is missing: a broken install, not a usage error
-            raise RuntimeError(f"no shipped recipes in {rec.RECIPES_DIR}; reinstall ftkit")
-        for stem, path in rec.shipped().items():
-            typer.echo(f"{stem:<20} {rec.describe(path)}")
-
-    _guard(run_, debug)
+    if action == "show" and name is None:
+        raise UsageError("recipes show: give a recipe name (see `ftkit recipes`)")
+    if action not in (None, "show"):
+        if name is not None:
+            raise UsageError(f"recipes: unknown action {action!r}; use `ftkit recipes show NAME`")
+        name = action
+    if name:
+        typer.echo(rec.find(name).read_text(encoding="utf-8"), nl=False)
+        return
+    if not rec.shipped():  # the package data is missing: a broken install, not a usage error
+        raise RuntimeError(f"no shipped recipes in {rec.RECIPES_DIR}; reinstall ftkit")
+    for stem, path in rec.shipped().items():
+        typer.echo(f"{stem:<20} {rec.describe(path)}")
 
 
 @app.command()
+@guarded
 def env(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of the text block.")] = False,
     debug: Debug = False,
 ):
     """What to paste into a bug report: ftkit, Python, platform, torch and its CUDA/ROCm build, the libraries ftkit
     drives, the GPUs with their memory, CPUs, and $FTKIT_CACHE with its size."""
+    from ftkit import envinfo
 
-    def run_():
-        from ftkit import envinfo
-
-        info = envinfo.collect()
-        if json_:
-            _emit(info, None)
-        else:
-            typer.echo(envinfo.render(info))
-
-    _guard(run_, debug)
+    info = envinfo.collect()
+    if json_:
+        _emit(info, None)
+    else:
+        typer.echo(envinfo.render(info))
 
 
 def main() -> None:
