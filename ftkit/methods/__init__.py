@@ -57,6 +57,21 @@ class Method:
         """Adjust a finished run's model after peft loaded it for eval/predict/export. Default: nothing."""
 
 
+class VirtualTokenMethod(Method):
+    """A method that puts ``method.num_virtual_tokens`` learned positions in front of the input (prompt and prefix
+    tuning): not mergeable into the weights, and the positions count against the model's length."""
+
+    mergeable = False
+
+    def validate(self, cfg, task) -> None:
+        if cfg.method["num_virtual_tokens"] < 1:
+            raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
+                             "expected an integer >= 1")
+
+    def virtual_tokens(self, params: dict) -> int:
+        return params["num_virtual_tokens"]
+
+
 def refuse_quantized_base(method: Method, cfg) -> None:
     """A method that trains the base's own weights cannot train frozen k-bit integers."""
     if cfg.model.quant != "none":

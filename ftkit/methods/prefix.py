@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS, Method
+from ftkit.methods import METHODS, VirtualTokenMethod
 from ftkit.methods.lora import wrap
 
 
@@ -18,10 +18,9 @@ class PrefixParams:
 
 
 @METHODS.register("prefix")
-class Prefix(Method):
+class Prefix(VirtualTokenMethod):
     name = "prefix"
     params = PrefixParams
-    mergeable = False
     default_lr = 1e-2
     description = "learned attention prefixes (peft prefix tuning); not mergeable"
     load_note = ("with transformers >= 5.24 and peft <= 0.21.2, peft's prefix tuning cannot find a BERT-style "
@@ -35,12 +34,7 @@ class Prefix(Method):
         if cfg.train.gradient_checkpointing:
             raise UsageError("method 'prefix' cannot train with train.gradient_checkpointing (peft refuses prefix "
                              "tuning with gradient checkpointing); turn it off or use lora or prompt")
-        if cfg.method["num_virtual_tokens"] < 1:
-            raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
-                             "expected an integer >= 1")
-
-    def virtual_tokens(self, params: dict) -> int:
-        return params["num_virtual_tokens"]
+        super().validate(cfg, task)
 
     def apply(self, model, params: dict, ctx):
         from peft import PrefixTuningConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS, Method
+from ftkit.methods import METHODS, VirtualTokenMethod
 from ftkit.methods.lora import wrap
 
 
@@ -17,10 +17,9 @@ class PromptParams:
 
 
 @METHODS.register("prompt")
-class Prompt(Method):
+class Prompt(VirtualTokenMethod):
     name = "prompt"
     params = PromptParams
-    mergeable = False
     default_lr = 3e-2
     description = "a learned soft prompt (peft prompt tuning); not mergeable"
 
@@ -28,12 +27,7 @@ class Prompt(Method):
         if not task.virtual_tokens_in_loss:
             raise UsageError(f"method 'prompt' does not support task {cfg.task_name!r} (peft's per-token loss does "
                              "not account for the virtual tokens); use prefix, lora or ia3")
-        if cfg.method["num_virtual_tokens"] < 1:
-            raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
-                             "expected an integer >= 1")
-
-    def virtual_tokens(self, params: dict) -> int:
-        return params["num_virtual_tokens"]
+        super().validate(cfg, task)
 
     def apply(self, model, params: dict, ctx):
         from peft import PromptTuningConfig, PromptTuningInit
