@@ -38,6 +38,19 @@ def real_positions(logits, length: int):
     return logits[:, -length:] if logits.shape[1] > length else logits
 
 
+def batched_predict(model, items: list, batch_size: int, run) -> list[dict]:
+    """The output rows of ``run(chunk, start)`` over successive ``batch_size`` chunks of ``items`` (``start``: the
+    chunk's first index), in order, with the model in evaluation mode and no gradients."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(items), batch_size):
+            out.extend(run(items[s:s + batch_size], s))
+    return out
+
+
 def head_modules(model) -> list[str]:
     """Names of the top-level modules outside the pretrained backbone (e.g. ``classifier``, ``score``).
 

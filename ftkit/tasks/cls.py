@@ -8,8 +8,8 @@ from ftkit.data import to_features
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, confusion_metrics, label_name, pad_collate,
-                                 sort_labels)
+from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, confusion_metrics, label_name,
+                                 pad_collate, sort_labels)
 
 
 @dataclass
@@ -111,22 +111,17 @@ class Classification(LabelledTask):
         return Table("--text", {self._col(cfg, "text"): [text]})
 
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32, stream: bool = False) -> list[dict]:
-        import torch
-
         text, pair = self.texts(table, cfg)
         id2label = model.config.id2label
-        out = []
-        model.eval()
-        with torch.inference_mode():
-            for s in range(0, len(text), batch_size):
-                enc = tokenizer(text[s:s + batch_size], pair[s:s + batch_size] if pair else None, truncation=True,
-                                max_length=cfg.data.max_length, padding=True, return_tensors="pt")
-                probs = model(**enc.to(model.device)).logits.float().softmax(-1).cpu()
-                for j, p in enumerate(probs):
-                    row = {"text": text[s + j]}
-                    if pair:
-                        row["text_pair"] = pair[s + j]
-                    row["label"] = id2label[int(p.argmax())]
-                    row["probs"] = {id2label[c]: round(float(v), 6) for c, v in enumerate(p)}
-                    out.append(row)
-        return out
+
+        def run(chunk: list[str], s: int) -> list[dict]:
+            enc = tokenizer(chunk, pair[s:s + len(chunk)] if pair else None, truncation=True,
+                            max_length=cfg.data.max_length, padding=True, return_tensors="pt")
+            rows = []
+            for j, p in enumerate(model(**enc.to(model.device)).logits.float().softmax(-1).cpu()):
+                row = {"text": chunk[j]} | ({"text_pair": pair[s + j]} if pair else {})
+                rows.append(row | {"label": id2label[int(p.argmax())],
+                                   "probs": {id2label[c]: round(float(v), 6) for c, v in enumerate(p)}})
+            return rows
+
+        return batched_predict(model, text, batch_size, run)

@@ -18,7 +18,7 @@ from ftkit.data import to_features
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS, Task
-from ftkit.tasks._common import IGNORE, pad_collate, real_positions
+from ftkit.tasks._common import IGNORE, batched_predict, pad_collate, real_positions
 
 FORMATS = ("auto", "pairs", "chat", "text")
 
@@ -306,8 +306,6 @@ class Generation(Task):
         return kw
 
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 8, stream: bool = False) -> list[dict]:
-        import torch
-
         inputs, shown, chat = self._prompts(tokenizer, table, cfg)
         seq2seq = getattr(model.config, "is_encoder_decoder", False)
         tokenizer.padding_side = "left"  # batched generation continues from the last real token of every row
@@ -316,17 +314,18 @@ class Generation(Task):
             from transformers import TextStreamer
 
             streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        out = []
-        model.eval()
-        with torch.inference_mode():
-            for s in range(0, len(inputs), batch_size):
-                # a rendered chat already holds its special tokens
-                enc = tokenizer(inputs[s:s + batch_size], return_tensors="pt", padding=True, truncation=True,
-                                max_length=cfg.data.max_length, add_special_tokens=not chat).to(model.device)
-                gen = model.generate(**enc, **self._generate_kwargs(cfg), pad_token_id=tokenizer.pad_token_id,
-                                     streamer=streamer)
-                new = gen if seq2seq else gen[:, enc["input_ids"].shape[1]:]
-                for j, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True)):
-                    out.append({"prompt": shown[s + j], "response": text.strip()})
-        tokenizer.padding_side = "right"
-        return out
+
+        def run(chunk: list[str], s: int) -> list[dict]:
+            # a rendered chat already holds its special tokens
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
+                            max_length=cfg.data.max_length, add_special_tokens=not chat).to(model.device)
+            gen = model.generate(**enc, **self._generate_kwargs(cfg), pad_token_id=tokenizer.pad_token_id,
+                                 streamer=streamer)
+            new = gen if seq2seq else gen[:, enc["input_ids"].shape[1]:]
+            return [{"prompt": shown[s + j], "response": text.strip()}
+                    for j, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True))]
+
+        try:
+            return batched_predict(model, inputs, batch_size, run)
+        finally:
+            tokenizer.padding_side = "right"

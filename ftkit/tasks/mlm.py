@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS, Task
-from ftkit.tasks._common import IGNORE, head_modules, real_positions
+from ftkit.tasks._common import IGNORE, batched_predict, head_modules, real_positions
 
 
 @dataclass
@@ -195,26 +195,24 @@ class MaskedLM(Task):
 
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32, stream: bool = False) -> list[dict]:
         """Fill in the mask tokens: the task.top_k most likely tokens at each, with probabilities."""
-        import torch
-
         texts = self._texts(table, cfg)
         for i, t in enumerate(texts):
             if tokenizer.mask_token not in t:
                 raise UsageError(f"{table.locate(i)}: no {tokenizer.mask_token} in the text; mark the words to "
                                  f"fill in with {tokenizer.mask_token}")
-        out = []
-        model.eval()
-        with torch.inference_mode():
-            for s in range(0, len(texts), batch_size):
-                enc = tokenizer(texts[s:s + batch_size], return_tensors="pt", padding=True, truncation=True,
-                                max_length=cfg.data.max_length).to(model.device)
-                logits = real_positions(model(**enc).logits, enc["input_ids"].shape[1])
-                probs = logits.float().softmax(-1)
-                for j in range(len(enc["input_ids"])):
-                    masks = []
-                    for pos in (enc["input_ids"][j] == tokenizer.mask_token_id).nonzero().flatten().tolist():
-                        top = probs[j, pos].topk(cfg.task["top_k"])
-                        masks.append([{"token": tokenizer.decode([t]).strip(), "score": round(float(p), 4)}
-                                      for p, t in zip(top.values.tolist(), top.indices.tolist())])
-                    out.append({"text": texts[s + j], "masks": masks})
-        return out
+
+        def run(chunk: list[str], s: int) -> list[dict]:
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
+                            max_length=cfg.data.max_length).to(model.device)
+            probs = real_positions(model(**enc).logits, enc["input_ids"].shape[1]).float().softmax(-1)
+            rows = []
+            for j, text in enumerate(chunk):
+                masks = []
+                for pos in (enc["input_ids"][j] == tokenizer.mask_token_id).nonzero().flatten().tolist():
+                    top = probs[j, pos].topk(cfg.task["top_k"])
+                    masks.append([{"token": tokenizer.decode([t]).strip(), "score": round(float(p), 4)}
+                                  for p, t in zip(top.values.tolist(), top.indices.tolist())])
+                rows.append({"text": text, "masks": masks})
+            return rows
+
+        return batched_predict(model, texts, batch_size, run)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, confusion_metrics, pad_collate, real_positions,
-                                 sort_labels)
+from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, confusion_metrics, pad_collate,
+                                 real_positions, sort_labels)
 
 SCHEMES = ("auto", "iob2", "iobes", "none")
 _ENTITY_TAG = re.compile(r"^(O|[BIES]-.+)$")
@@ -161,33 +161,29 @@ class Tagging(LabelledTask):
         return Table("--text", {"text": [text]})
 
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32, stream: bool = False) -> list[dict]:
-        import torch
-
         if "text" in table.columns and self._col(cfg, "tokens") not in table.columns:
             words = [split_words(tokenizer, t) for t in table.columns["text"]]
         else:
             words = self.words(table, cfg)
         id2label = model.config.id2label
-        out = []
-        model.eval()
-        with torch.inference_mode():
-            for s in range(0, len(words), batch_size):
-                chunk = words[s:s + batch_size]
-                enc = tokenizer(chunk, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length,
-                                padding=True, return_tensors="pt")
-                logits = real_positions(model(**enc.to(model.device)).logits, enc["input_ids"].shape[1])
-                probs = logits.float().softmax(-1).cpu()
-                for j, sent in enumerate(chunk):
-                    first = {}
-                    for pos, w in enumerate(enc.word_ids(j)):
-                        if w is not None and w not in first:
-                            first[w] = pos
-                    tags = [id2label[int(probs[j, first[w]].argmax())] if w in first else None
-                            for w in range(len(sent))]
-                    scores = [round(float(probs[j, first[w]].max()), 6) if w in first else None
-                              for w in range(len(sent))]
-                    out.append({"tokens": sent, "tags": tags, "scores": scores})
-        return out
+
+        def run(chunk: list[list[str]], s: int) -> list[dict]:
+            enc = tokenizer(chunk, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length,
+                            padding=True, return_tensors="pt")
+            logits = real_positions(model(**enc.to(model.device)).logits, enc["input_ids"].shape[1])
+            probs = logits.float().softmax(-1).cpu()
+            rows = []
+            for j, sent in enumerate(chunk):
+                first = {}
+                for pos, w in enumerate(enc.word_ids(j)):
+                    if w is not None and w not in first:
+                        first[w] = pos
+                tags = [id2label[int(probs[j, first[w]].argmax())] if w in first else None for w in range(len(sent))]
+                scores = [round(float(probs[j, first[w]].max()), 6) if w in first else None for w in range(len(sent))]
+                rows.append({"tokens": sent, "tags": tags, "scores": scores})
+            return rows
+
+        return batched_predict(model, words, batch_size, run)
 
 
 def split_words(tokenizer, text: str) -> list[str]:
