@@ -31,6 +31,14 @@ class Table:
                              f"columns found: {found}")
         return self.columns[name]
 
+    def text_column(self, name: str, role: str) -> list[str]:
+        """``column``, with every value a non-empty string."""
+        values = self.column(name, role)
+        for i, v in enumerate(values):
+            if not isinstance(v, str) or not v.strip():
+                raise UsageError(f"{self.locate(i)}: empty or non-text value {v!r} in the {role} column")
+        return values
+
     def select(self, idx: list[int]) -> Table:
         return Table(self.source, {k: [v[i] for i in idx] for k, v in self.columns.items()},
                      [self.where[i] for i in idx] if self.where else [f"row {i + 1}" for i in idx])

@@ -47,16 +47,11 @@ class Classification(LabelledTask):
 
     def texts(self, table: Table, cfg) -> tuple[list[str], list[str] | None]:
         """The text (and pair) columns, validated: every row must have non-empty text."""
-        text = table.column(self._col(cfg, "text"), "text")
+        text = table.text_column(self._col(cfg, "text"), "text")
         pair_col = self._col(cfg, "text_pair")
-        pair = table.columns.get(pair_col) if ("text_pair" in cfg.data.columns or pair_col in table.columns) else None
-        if "text_pair" in cfg.data.columns and pair is None:
-            table.column(pair_col, "text_pair")  # raises, listing the columns found
-        for values in (text, pair or []):
-            for i, v in enumerate(values):
-                if not isinstance(v, str) or not v.strip():
-                    raise UsageError(f"{table.locate(i)}: empty or non-text value {v!r} in the text column")
-        return text, pair
+        # a renamed pair column must exist (text_column names the columns found); the default one is optional
+        wanted = "text_pair" in cfg.data.columns or pair_col in table.columns
+        return text, table.text_column(pair_col, "text_pair") if wanted else None
 
     def check(self, table: Table, cfg) -> None:
         """Validate the inputs before any model is loaded."""

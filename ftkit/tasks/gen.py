@@ -90,9 +90,7 @@ class Generation(Task):
             return
         roles = ("text",) if fmt == "text" else ("prompt", "response")
         for role in roles:
-            for i, v in enumerate(table.column(self._col(cfg, role), role)):
-                if not isinstance(v, str) or not v.strip():
-                    raise UsageError(f"{table.locate(i)}: empty or non-text value {v!r} in the {role} column")
+            table.text_column(self._col(cfg, role), role)
 
     def label_space(self, table: Table, cfg) -> list[str]:
         return []  # generation has no label set

@@ -47,11 +47,7 @@ class MaskedLM(Task):
     description = "masked-language-model pre-training on raw text (encoders; domain adaptation before cls/tag)"
 
     def _texts(self, table: Table, cfg) -> list[str]:
-        texts = table.column(cfg.data.columns.get("text", "text"), "text")
-        for i, v in enumerate(texts):
-            if not isinstance(v, str) or not v.strip():
-                raise UsageError(f"{table.locate(i)}: empty or non-text value {v!r} in the text column")
-        return texts
+        return table.text_column(cfg.data.columns.get("text", "text"), "text")
 
     # ------------------------------------------------------------------ data
     def check(self, table: Table, cfg) -> None:
