@@ -40,12 +40,18 @@ def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
     return run_dir
 
 
+# Settings whose default (null) ftkit decides only once the model is loaded; ftkit.yaml holds the decision.
+DECIDED_WITH_THE_MODEL = {"train.group_by_length"}
+
+
 def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
     """A run is resumed with the settings it started with; anything else would not be the same run."""
     saved = config_mod.flatten(config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml")).to_dict())
     now = config_mod.flatten(cfg.to_dict())
     # the run dir may have been moved; where it is logged to does not change the run
     for key in sorted((set(saved) | set(now)) - {"output", "train.report_to", "train.run_name"}):
+        if key in DECIDED_WITH_THE_MODEL and now.get(key) is None:
+            continue  # left to ftkit (null), which decided it once the model was loaded: ftkit.yaml holds the decision
         if saved.get(key) != now.get(key):
             raise UsageError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {run_dir}/ftkit.yaml;"
                              f" resume with the run's own settings: ftkit train {run_dir}/ftkit.yaml --resume")
@@ -147,6 +153,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     architecture = type(model).__name__
     model = method.apply(model, cfg.method, ctx)
     batches = task.batching(model, tokenizer, cfg, train_features)
+    if cfg.train.group_by_length is None:  # by default grouped, unless packed batches leave no padding to cut
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, group_by_length=not batches.packed))
     with cpu_kernels(model, cfg.train.precision):
         check_forward(model, batches.collate(eval_features[:1]), task,
                       f"method {cfg.method_name!r} on {cfg.model.name} ({architecture})")
@@ -170,8 +178,6 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   f"{len(eval_features)} eval rows, {len(labels)} labels, trainable {trainable:,} of {total:,} "
                   f"params ({100 * trainable / total:.2f}%)")
 
-    if cfg.train.group_by_length is None:  # by default grouped, unless packed batches leave no padding to cut
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, group_by_length=not batches.packed))
     if batches.note:
         reporter.note(batches.note)
     with cpu_kernels(model, cfg.train.precision):
