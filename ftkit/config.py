@@ -99,6 +99,15 @@ class Config:
     def method_name(self) -> str:
         return self.method["name"]
 
+    @property
+    def method_params(self):
+        """The method's parameters as its typed ``params`` dataclass (``method`` keeps them as a mapping, the form
+        ftkit.yaml and --set use)."""
+        from ftkit.methods import METHODS
+
+        params = METHODS.get(self.method_name).params
+        return params(**{k: v for k, v in self.method.items() if k != "name"})
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

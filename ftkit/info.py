@@ -39,7 +39,7 @@ def describe(cfg, labels: list[str] | None = None) -> dict:
     model.tie_weights()
     ctx = Context(head=task.head_modules(model), peft_task_type=task.peft_task_type(model_config),
                   total_steps=1000, base_path=str(path))  # the step count only shapes AdaLoRA's schedule
-    model = method.apply(model, cfg.method, ctx)
+    model = method.apply(model, cfg.method_params, ctx)
     trainable, total = count_params(model)
     weights = memory.weight_bytes(model, cfg.model.quant, ctx.head)
     train_state = memory.ADAMW_STATE_BYTES * trainable

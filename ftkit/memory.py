@@ -82,7 +82,7 @@ def activation_bytes(cfg, task, method, model_config, ctx, max_length: int, chec
     def trace(layers: int, rows: int, ckpt: bool) -> tuple[int, int]:
         config = _shallow(model_config, layers) if real_depth else model_config
         torch.manual_seed(0)
-        model = method.apply(task.model_class(config).from_config(config), cfg.method, ctx)
+        model = method.apply(task.model_class(config).from_config(config), cfg.method_params, ctx)
         if ckpt:
             model.activation_checkpointing_enable({"use_reentrant": False})
             model.enable_input_require_grads()

@@ -151,7 +151,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   total_steps=plan_steps(len(train_features), cfg, accelerator.num_processes)[1],
                   base_path=str(base_path))
     architecture = type(model).__name__
-    model = method.apply(model, cfg.method, ctx)
+    model = method.apply(model, cfg.method_params, ctx)
     batches = task.batching(model, tokenizer, cfg, train_features)
     if cfg.train.group_by_length is None:  # by default grouped, unless packed batches leave no padding to cut
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, group_by_length=not batches.packed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -48,10 +49,10 @@ def test_adalora_without_the_step_hook_is_plain_lora(tiny_model, sentiment, tmp_
 
 
 def test_adalora_schedule_defaults_and_errors():
-    params = config.build({"method": "adalora"}).method
+    params = config.build({"method": "adalora"}).method_params
     assert schedule(params, 100) == (10, 20, 3)
     with pytest.raises(UsageError, match=r"tinit \(5\) \+ tfinal \(5\) must be below the run's 10 optimizer steps"):
-        schedule({**params, "tinit": 5, "tfinal": 5}, 10)
+        schedule(dataclasses.replace(params, tinit=5, tfinal=5), 10)
     with pytest.raises(UsageError, match="method.init_r"):
         config.build({"method": {"name": "adalora", "init_r": 4, "r": 8}})
 
@@ -257,7 +258,7 @@ def test_lora_dropout_is_fused_for_lora_only(tiny_model):
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
-        params = {"r": 4, "alpha": 8.0, "dropout": dropout, "target_modules": None}
+        params = METHODS.get(method).params(r=4, alpha=8.0, dropout=dropout)
         wrapped = METHODS.get(method).apply(model, params, ctx)
         return {type(m).__name__ for n, m in wrapped.named_modules() if n.endswith("lora_A.default")}
 

@@ -25,14 +25,18 @@ class Method:
 
     def validate(self, cfg, task) -> None:
         """Checks that need no model: refuse a setting or a task (``task``: the run's task object) the method cannot
-        train with, with a UsageError naming the key. Default: everything is accepted."""
+        train with, with a UsageError naming the key. Default: the ``check()`` of the params dataclass, if it has
+        one (ranges of its own fields, beside them)."""
+        check = getattr(cfg.method_params, "check", None)
+        if check is not None:
+            check()
 
-    def apply(self, model, params: dict, ctx: "Context"):
+    def apply(self, model, params, ctx: "Context"):
         """Make the right parameters trainable (wrapping ``model`` in a PEFT model for an adapter method) and return
-        the model to train. ``params``: the method's config keys."""
+        the model to train. ``params``: an instance of the method's ``params`` dataclass (``cfg.method_params``)."""
         raise NotImplementedError
 
-    def virtual_tokens(self, params: dict) -> int:
+    def virtual_tokens(self, params) -> int:
         """Positions the method puts in front of the input (prompt/prefix tuning). Default: none."""
         return 0
 
@@ -64,12 +68,12 @@ class VirtualTokenMethod(Method):
     mergeable = False
 
     def validate(self, cfg, task) -> None:
-        if cfg.method["num_virtual_tokens"] < 1:
-            raise UsageError(f"config key 'method.num_virtual_tokens': got {cfg.method['num_virtual_tokens']}, "
-                             "expected an integer >= 1")
+        n = cfg.method_params.num_virtual_tokens
+        if n < 1:
+            raise UsageError(f"config key 'method.num_virtual_tokens': got {n}, expected an integer >= 1")
 
-    def virtual_tokens(self, params: dict) -> int:
-        return params["num_virtual_tokens"]
+    def virtual_tokens(self, params) -> int:
+        return params.num_virtual_tokens
 
 
 def refuse_quantized_base(method: Method, cfg) -> None:
@@ -94,7 +98,7 @@ METHODS: Registry[Method] = Registry("method")
 
 def positions_taken(cfg) -> int:
     """Positions the method's virtual tokens occupy in front of the input."""
-    return METHODS.get(cfg.method_name).virtual_tokens(cfg.method)
+    return METHODS.get(cfg.method_name).virtual_tokens(cfg.method_params)
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):

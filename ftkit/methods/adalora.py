@@ -10,16 +10,13 @@ from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
 from ftkit.methods import METHODS, Method
-from ftkit.methods.lora import check_lora_params, targets, wrap
+from ftkit.methods.lora import LoraParams, targets, wrap
 
 
 @dataclass
-class AdaLoraParams:
-    init_r: int = field(default=12, metadata={"help": "Starting rank of every adapted layer."})
+class AdaLoraParams(LoraParams):
     r: int = field(default=8, metadata={"help": "Average target rank after budget allocation (target_r)."})
-    alpha: float = field(default=16.0, metadata={"help": "Scaling numerator, as in LoRA."})
-    dropout: float = field(default=0.1, metadata={"help": "Dropout on the adapter's input."})
-    target_modules: list[str] | None = field(default=None, metadata={"help": "As in LoRA."})
+    init_r: int = field(default=12, metadata={"help": "Starting rank of every adapted layer."})
     tinit: int | None = field(default=None, metadata={"help": "Warm-up steps before pruning; default 10% of "
                                                               "the run's steps."})
     tfinal: int | None = field(default=None, metadata={"help": "Final steps with the budget frozen; default 20% "
@@ -28,15 +25,20 @@ class AdaLoraParams:
                                                                 "1/20 of the pruning phase (at least 1)."})
     orth_reg_weight: float = field(default=0.5, metadata={"help": "Weight of the orthogonality regulariser."})
 
+    def check(self) -> None:
+        super().check()
+        if self.init_r < self.r:
+            raise UsageError(f"config key 'method.init_r': got {self.init_r}, expected >= method.r ({self.r})")
 
-def schedule(params: dict, total: int) -> tuple[int, int, int]:
+
+def schedule(params: AdaLoraParams, total: int) -> tuple[int, int, int]:
     """(tinit, tfinal, deltaT) for a run of ``total`` steps; UsageError when no pruning phase fits."""
-    tinit = params["tinit"] if params["tinit"] is not None else total // 10
-    tfinal = params["tfinal"] if params["tfinal"] is not None else total // 5
+    tinit = params.tinit if params.tinit is not None else total // 10
+    tfinal = params.tfinal if params.tfinal is not None else total // 5
     if tinit + tfinal >= total:
         raise UsageError(f"adalora: the budget phase does not fit: tinit ({tinit}) + tfinal ({tfinal}) must be "
                          f"below the run's {total} optimizer steps; train longer or lower method.tinit/tfinal")
-    delta = params["delta_t"] if params["delta_t"] is not None else max(1, (total - tinit - tfinal) // 20)
+    delta = params.delta_t if params.delta_t is not None else max(1, (total - tinit - tfinal) // 20)
     return tinit, tfinal, delta
 
 
@@ -48,21 +50,15 @@ class AdaLora(Method):
     default_lr = 1e-3
     description = "LoRA with adaptive rank allocation (peft AdaLoRA)"
 
-    def validate(self, cfg, task) -> None:
-        p = cfg.method
-        check_lora_params(p)
-        if p["init_r"] < p["r"]:
-            raise UsageError(f"config key 'method.init_r': got {p['init_r']}, expected >= method.r ({p['r']})")
-
-    def apply(self, model, params: dict, ctx):
+    def apply(self, model, params: AdaLoraParams, ctx):
         from peft import AdaLoraConfig
 
         tinit, tfinal, delta = schedule(params, ctx.total_steps)
-        config = AdaLoraConfig(init_r=params["init_r"], target_r=params["r"], lora_alpha=params["alpha"],
-                               lora_dropout=params["dropout"], target_modules=targets(params),
+        config = AdaLoraConfig(init_r=params.init_r, target_r=params.r, lora_alpha=params.alpha,
+                               lora_dropout=params.dropout, target_modules=targets(params),
                                modules_to_save=ctx.head or None, task_type=ctx.peft_task_type,
                                total_step=ctx.total_steps, tinit=tinit, tfinal=tfinal, deltaT=delta,
-                               orth_reg_weight=params["orth_reg_weight"])
+                               orth_reg_weight=params.orth_reg_weight)
         return wrap(model, config, params, self.name)
 
     def prepare_loaded(self, model) -> None:

@@ -3,7 +3,7 @@ as LoRA; merges the same way; a little slower per step."""
 
 from ftkit.errors import UsageError
 from ftkit.methods import METHODS
-from ftkit.methods.lora import Lora, check_lora_params
+from ftkit.methods.lora import Lora
 
 
 @METHODS.register("dora")
@@ -13,7 +13,7 @@ class Dora(Lora):
     use_dora = True
 
     def validate(self, cfg, task) -> None:
-        check_lora_params(cfg.method)
+        super().validate(cfg, task)
         if cfg.model.quant != "none":
             # peft's DoRA layer for bitsandbytes fails in the forward pass here (bitsandbytes 0.50, CPU)
             raise UsageError("method 'dora' cannot train on a quantized base here (peft's DoRA bitsandbytes layer "

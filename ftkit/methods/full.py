@@ -21,6 +21,6 @@ class Full(Method):
     def validate(self, cfg, task) -> None:
         refuse_quantized_base(self, cfg)
 
-    def apply(self, model, params: dict, ctx):
+    def apply(self, model, params, ctx):
         model.requires_grad_(True)
         return model

@@ -25,7 +25,7 @@ class Head(Method):
             raise UsageError(f"method 'head' needs a task with a new head to train; task {cfg.task_name!r} has "
                              "none (it predicts the model's vocabulary): use lora or full")
 
-    def apply(self, model, params: dict, ctx):
+    def apply(self, model, params, ctx):
         if not ctx.head:
             raise UsageError(f"{type(model).__name__} has no task head outside its backbone; use --method lora")
         model.requires_grad_(False)

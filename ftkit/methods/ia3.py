@@ -24,12 +24,9 @@ class Ia3(Method):
     default_lr = 5e-3
     description = "learned rescaling vectors (peft IA3)"
 
-    def validate(self, cfg, task) -> None:
-        pass
-
-    def apply(self, model, params: dict, ctx):
+    def apply(self, model, params: Ia3Params, ctx):
         from peft import IA3Config
 
-        config = IA3Config(target_modules=params["target_modules"], feedforward_modules=params["feedforward_modules"],
+        config = IA3Config(target_modules=params.target_modules, feedforward_modules=params.feedforward_modules,
                            modules_to_save=ctx.head or None, task_type=ctx.peft_task_type)
         return wrap(model, config, params, self.name)

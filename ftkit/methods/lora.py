@@ -17,22 +17,21 @@ class LoraParams:
         default=None, metadata={"help": "Module names to adapt (e.g. [query, value]), `all-linear`, or null for "
                                         "peft's default for the architecture."})
 
+    def check(self) -> None:
+        if self.r < 1:
+            raise UsageError(f"config key 'method.r': got {self.r!r}, expected an integer >= 1")
+        if self.alpha <= 0:
+            raise UsageError(f"config key 'method.alpha': got {self.alpha!r}, expected a number > 0")
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"config key 'method.dropout': got {self.dropout!r}, expected a number in [0, 1)")
 
-def check_lora_params(p: dict) -> None:
-    if p["r"] < 1:
-        raise UsageError(f"config key 'method.r': got {p['r']!r}, expected an integer >= 1")
-    if p["alpha"] <= 0:
-        raise UsageError(f"config key 'method.alpha': got {p['alpha']!r}, expected a number > 0")
-    if not 0 <= p["dropout"] < 1:
-        raise UsageError(f"config key 'method.dropout': got {p['dropout']!r}, expected a number in [0, 1)")
 
-
-def targets(params: dict):
-    t = params["target_modules"]
+def targets(params):
+    t = params.target_modules
     return "all-linear" if t == ["all-linear"] else t
 
 
-def wrap(model, peft_config, params: dict, method: str):
+def wrap(model, peft_config, params, method: str):
     """get_peft_model with peft's refusals (target modules not found, no default for this architecture, a config
     value it cannot derive from the model's) turned into a usage error."""
     from peft import get_peft_model
@@ -42,10 +41,10 @@ def wrap(model, peft_config, params: dict, method: str):
     try:
         model = get_peft_model(model, peft_config)
     except ValueError as e:
-        if "target_modules" not in params:
+        if not hasattr(params, "target_modules"):
             raise UsageError(f"method {method!r} cannot run on {type(model).__name__}: peft says "
                              f"{first_line(e) or type(e).__name__!r}") from None
-        if params["target_modules"] is None:
+        if params.target_modules is None:
             raise UsageError(f"config key 'method.target_modules': peft has no default targets for "
                              f"{type(model).__name__}; set it, e.g. --set method.target_modules=all-linear or "
                              "a list of module names") from None
@@ -66,13 +65,10 @@ class Lora(Method):
     description = "low-rank adapters (peft LoRA); head trained in full"
     use_dora = False
 
-    def validate(self, cfg, task) -> None:
-        check_lora_params(cfg.method)
-
-    def apply(self, model, params: dict, ctx):
+    def apply(self, model, params: LoraParams, ctx):
         from peft import LoraConfig
 
-        config = LoraConfig(r=params["r"], lora_alpha=params["alpha"], lora_dropout=params["dropout"],
+        config = LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
                             target_modules=targets(params), modules_to_save=ctx.head or None,
                             task_type=ctx.peft_task_type, use_dora=self.use_dora)
         model = wrap(model, config, params, self.name)

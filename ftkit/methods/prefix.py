@@ -36,14 +36,14 @@ class Prefix(VirtualTokenMethod):
                              "tuning with gradient checkpointing); turn it off or use lora or prompt")
         super().validate(cfg, task)
 
-    def apply(self, model, params: dict, ctx):
+    def apply(self, model, params, ctx):
         from peft import PrefixTuningConfig
 
         from ftkit.compat import accept_past_key_values
 
         accept_past_key_values(model)  # transformers >= 5.24 with peft <= 0.21.2 (see there)
-        config = PrefixTuningConfig(num_virtual_tokens=params["num_virtual_tokens"],
-                                    prefix_projection=params["projection"],
+        config = PrefixTuningConfig(num_virtual_tokens=params.num_virtual_tokens,
+                                    prefix_projection=params.projection,
                                     encoder_hidden_size=model.config.hidden_size,
                                     modules_to_save=ctx.head or None, task_type=ctx.peft_task_type)
         return wrap(model, config, params, self.name)

@@ -29,11 +29,11 @@ class Prompt(VirtualTokenMethod):
                              "not account for the virtual tokens); use prefix, lora or ia3")
         super().validate(cfg, task)
 
-    def apply(self, model, params: dict, ctx):
+    def apply(self, model, params, ctx):
         from peft import PromptTuningConfig, PromptTuningInit
 
-        text = params["init_text"]
-        config = PromptTuningConfig(num_virtual_tokens=params["num_virtual_tokens"],
+        text = params.init_text
+        config = PromptTuningConfig(num_virtual_tokens=params.num_virtual_tokens,
                                     prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
                                     prompt_tuning_init_text=text, tokenizer_name_or_path=ctx.base_path if text else None,
                                     modules_to_save=ctx.head or None, task_type=ctx.peft_task_type)
