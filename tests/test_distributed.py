@@ -5,7 +5,6 @@ before anything loads."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import fail_at_evaluation, run_cli, sentiment_rows, train_args, write_rows
+from conftest import fail_at_evaluation, run_cli, train_args, write_rows
 from ftkit import config
 from ftkit.data import read_table
 from ftkit.errors import UsageError

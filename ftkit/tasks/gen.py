@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ftkit.data import to_features
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS, Task
