@@ -17,7 +17,8 @@ def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, sec
         labels = ("labels = AutoConfig.from_pretrained(RUN_DIR)  # the run's label maps\n" if labelled else "")
         kwargs = (", num_labels=labels.num_labels,\n    id2label=labels.id2label, label2id=labels.label2id"
                   if labelled else "")
-        load = (f"from peft import PeftModel\nfrom transformers import {'AutoConfig, ' if labelled else ''}{auto_class}\n"
+        imports = f"{'AutoConfig, ' if labelled else ''}{auto_class}"
+        load = (f"from peft import PeftModel\nfrom transformers import {imports}\n"
                 f"{labels}base = {auto_class}.from_pretrained({base!r}{kwargs})\n"
                 "model = PeftModel.from_pretrained(base, RUN_DIR)")
         if load_note:

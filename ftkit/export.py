@@ -24,7 +24,7 @@ def export(run: str, output: str, adapter_only: bool = False, fmt: str = "hf", i
     ``fmt``: hf (a transformers checkpoint, or the adapter alone) or onnx (merged, verified; ``int8`` adds a
     dynamically quantized copy)."""
     from ftkit.methods import METHODS
-    from ftkit.runs import load_trained, merged, save_merged
+    from ftkit.runs import load_trained, merged
 
     if fmt not in ("hf", "onnx"):
         raise UsageError(f"--format {fmt}: expected hf or onnx")
@@ -59,14 +59,13 @@ def export(run: str, output: str, adapter_only: bool = False, fmt: str = "hf", i
                 shutil.copy2(loaded.path / name, tmp / name)
             # config.json carries the label maps the head was trained with
             shutil.copy2(loaded.path / "config.json", tmp / "config.json")
-            loaded.tokenizer.save_pretrained(tmp)
         elif fmt == "onnx":
             from ftkit.onnx_export import export_onnx
 
             export_onnx(merged(loaded), loaded, tmp, int8)
-            loaded.tokenizer.save_pretrained(tmp)
         else:
-            save_merged(loaded, tmp)
+            merged(loaded).save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)

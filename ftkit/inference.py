@@ -71,13 +71,13 @@ def evaluate(loaded, data: EvalData, sets: list[str], batch_size: int = 64) -> d
     from torch.utils.data import DataLoader
 
     from ftkit.loop import evaluate as run_eval
-    from ftkit.tasks import unseen_labels
+    from ftkit.tasks import unseen_warning
 
     cfg = settings(loaded, sets)
     task, table = loaded.task, data.table
     labels = model_labels(loaded.model) if task.labelled else []
     targets = task.targets(table, cfg, labels)
-    if warning := unseen_labels(task, table, cfg, labels):
+    if warning := unseen_warning(task, table, cfg, labels):
         data.notes.append(warning)
     enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
     feats = task.features(enc, targets, list(range(len(table))), cfg, training=False, notes=data.notes)

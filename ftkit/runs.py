@@ -160,7 +160,9 @@ def merged_run(run: Path) -> Path:
     if not (out / "config.json").is_file():
         mine = out.with_name(f"{out.name}.{os.getpid()}")
         shutil.rmtree(mine, ignore_errors=True)
-        save_merged(load_trained(str(run), quant="none"), mine)
+        loaded = load_trained(str(run), quant="none")
+        merged(loaded).save_pretrained(mine)
+        loaded.tokenizer.save_pretrained(mine)
         try:
             os.replace(mine, out)
         except OSError:  # another process got there first
@@ -171,9 +173,3 @@ def merged_run(run: Path) -> Path:
 def merged(loaded: Loaded):
     """The loaded model with its adapter, if it has one, merged into the weights (plain transformers)."""
     return loaded.model.merge_and_unload() if (loaded.path / "adapter_config.json").is_file() else loaded.model
-
-
-def save_merged(loaded: Loaded, out: Path) -> None:
-    """``merged(loaded)`` and the tokenizer saved as a plain transformers checkpoint in ``out``."""
-    merged(loaded).save_pretrained(out)
-    loaded.tokenizer.save_pretrained(out)

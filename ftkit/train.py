@@ -73,7 +73,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
           quiet: bool = False) -> dict:
     """Train and write a complete run dir; with ``dry_run``, only check everything and describe the run."""
     from ftkit.methods import METHODS
-    from ftkit.tasks import TASKS, unseen_labels
+    from ftkit.tasks import TASKS, unseen_warning
 
     task, method = TASKS.get(cfg.task_name), METHODS.get(cfg.method_name)
     run_dir = prepare_run_dir(cfg.output, overwrite, resume) if cfg.output or not dry_run else None
@@ -87,10 +87,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         eval_table = read_table(cfg.data.eval)
         task.check(eval_table, cfg)
         eval_targets = task.targets(eval_table, cfg, labels)
-        unseen_warning = unseen_labels(task, eval_table, cfg, labels)
+        eval_warning = unseen_warning(task, eval_table, cfg, labels)
         train_idx, eval_idx = list(range(len(train_table))), list(range(len(eval_table)))
     else:
-        eval_table, eval_targets, unseen_warning = train_table, train_targets, None
+        eval_table, eval_targets, eval_warning = train_table, train_targets, None
         train_idx, eval_idx = held_out_split(train_table, cfg.data.eval_fraction, cfg.train.seed)
     if len(train_idx) < cfg.train.batch_size:
         raise UsageError(f"{cfg.data.train}: {len(train_idx)} training rows are fewer than one batch "
@@ -170,8 +170,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         config_mod.dump_yaml(cfg, run_dir / "ftkit.yaml")
     accelerator.wait_for_everyone()
     reporter = Reporter(run_dir, enabled=main, quiet=quiet, cfg=cfg)
-    if unseen_warning:
-        reporter.warn(unseen_warning)
+    if eval_warning:
+        reporter.warn(eval_warning)
     for line in data_notes:
         reporter.note(line)
     reporter.note(f"{cfg.task_name}/{cfg.method_name} on {cfg.model.name}: {len(train_features)} train / "
@@ -210,10 +210,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         adapter = (run_dir / "adapter_config.json").is_file()
         curves(run_dir, main_metric)
         write_text(run_dir / "README.md", model_card(
-            cfg, base=catalog.public_name(cfg.model.name) or str(base_path), trainable=trainable, total=total, metrics=result.best,
-            seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features), adapter=adapter,
-            auto_class=task.model_class(base.config).__name__, labelled=task.labelled, hub_task=task.hub_task,
-            load_note=method.load_note))
+            cfg, base=catalog.public_name(cfg.model.name) or str(base_path), trainable=trainable, total=total,
+            metrics=result.best, seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features),
+            adapter=adapter, auto_class=task.model_class(base.config).__name__, labelled=task.labelled,
+            hub_task=task.hub_task, load_note=method.load_note))
         # Written last: its presence marks the run dir as complete.
         write_text(run_dir / "metrics.json", json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()

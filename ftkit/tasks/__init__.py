@@ -118,7 +118,7 @@ class Task:
 TASKS: Registry[Task] = Registry("task")
 
 
-def unseen_labels(task: Task, table, cfg, labels: list[str]) -> str | None:
+def unseen_warning(task: Task, table, cfg, labels: list[str]) -> str | None:
     """A warning naming the gold labels of ``table`` the model was not trained on (scored as errors), or None."""
     unseen = task.unseen_labels(table, cfg, labels)
     if not unseen:
