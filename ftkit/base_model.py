@@ -38,13 +38,7 @@ def resolve_max_length(cfg, model_config, tokenizer, where) -> int:
     from ftkit.methods import positions_taken
 
     requested, reserved = cfg.data.max_length, positions_taken(cfg)
-    limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
-    limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
-    limit = min(limits, default=None)  # None: unbounded (relative positions)
-    room = None if limit is None else limit - reserved
-    if room is not None and room < 1:
-        raise UsageError(f"{where} has {limit} positions, all taken by the {reserved} virtual tokens of method "
-                         f"{cfg.method_name!r}; lower method.num_virtual_tokens")
+    limit, room = positions(model_config, tokenizer), input_room(cfg, model_config, tokenizer, where)
     if requested is None:
         return min(DEFAULT_MAX_LENGTH, room or DEFAULT_MAX_LENGTH)
     if room is not None and requested > room:
@@ -52,6 +46,24 @@ def resolve_max_length(cfg, model_config, tokenizer, where) -> int:
         raise UsageError(f"config key 'data.max_length': got {requested}, but {where} has {limit} positions{taken}; "
                          f"use --max-length {room} or less")
     return requested
+
+
+def positions(model_config, tokenizer) -> int | None:
+    """How many positions the model has (None: unbounded, e.g. relative positions)."""
+    limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
+    return min(limits, default=None)
+
+
+def input_room(cfg, model_config, tokenizer, where) -> int | None:
+    """The positions left for tokens once the method's virtual tokens have theirs (None: unbounded)."""
+    from ftkit.methods import positions_taken
+
+    limit, reserved = positions(model_config, tokenizer), positions_taken(cfg)
+    if limit is not None and limit - reserved < 1:
+        raise UsageError(f"{where} has {limit} positions, all taken by the {reserved} virtual tokens of method "
+                         f"{cfg.method_name!r}; lower method.num_virtual_tokens")
+    return None if limit is None else limit - reserved
 
 
 def load_for_training(cfg, task, labels: list[str], tokenizer=None):

@@ -272,6 +272,33 @@ def predict(
 
 @app.command()
 @guarded
+def serve(
+    runs: Annotated[list[str], typer.Argument(help="What to serve: run dirs, merged or ONNX exports, or built-in "
+                                                   "model names; NAME=RUN sets the name requests use.",
+                                              metavar="RUN...")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port; the log says which).")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="FTKIT_API_KEY", help="Require `Authorization: Bearer "
+                                                   "KEY` on every route but /health (or set FTKIT_API_KEY).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most requests (texts) run together in one batch.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Most requests waiting or running; beyond it: 503 with "
+                                                "Retry-After.")] = 256,
+    max_input_chars: Annotated[int, typer.Option(help="Longest text a request may send.")] = 100_000,
+    task: TaskOpt = None,
+    debug: Debug = False,
+):
+    """Serve runs over HTTP: OpenAI-compatible /v1/chat/completions and /v1/completions for gen, /v1/predict for
+    every task, /v1/models, /health and /ready. Adapter runs on one base model share it in memory. Stops on
+    SIGTERM or Ctrl-C once in-flight requests are answered."""
+    from ftkit.serve.server import serve as run_server
+
+    run_server(runs, host=host, port=port, api_key=api_key, task=task, max_batch=max_batch, max_wait_ms=max_wait_ms,
+               max_queue=max_queue, max_input_chars=max_input_chars)
+
+
+@app.command()
+@guarded
 def export(
     run: Annotated[str, typer.Argument(help="A finished run dir.")],
     output: Annotated[str, typer.Option(help="Directory to write (must be new or empty).")],

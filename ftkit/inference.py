@@ -102,10 +102,15 @@ def predict(loaded, *, texts: list[str] | None, file: str | None, sets: list[str
             if not text.strip():
                 raise UsageError(f"--text: text {i + 1} of {len(texts)} is empty" if len(texts) > 1
                                  else "--text: empty text")
-        rows = [loaded.task.text_input(text, cfg) for text in texts]
-        table = Table("--text", {k: [v for row in rows for v in row.columns[k]] for k in rows[0].columns},
-                      [f"text {i + 1}" for i in range(len(texts))])
+        table = texts_table(loaded.task, texts, cfg)
     else:
         table = read_table(file)
     with cpu_kernels(loaded.model):
         return loaded.task.predict(loaded.model, loaded.tokenizer, table, cfg, batch_size=batch_size, stream=stream)
+
+
+def texts_table(task, texts: list[str], cfg, source: str = "--text", where: list[str] | None = None) -> Table:
+    """A table of one row per text, in the task's input column(s); ``where``: what errors call each row."""
+    rows = [task.text_input(text, cfg) for text in texts]
+    return Table(source, {k: [v for row in rows for v in row.columns[k]] for k in rows[0].columns},
+                 where or [f"text {i + 1}" for i in range(len(texts))])

@@ -295,6 +295,14 @@ class Generation(Task):
         return ([tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs],
                 shown, True)
 
+    def chat_prompt(self, tokenizer, messages: list[dict], cfg) -> tuple[str, bool]:
+        """A conversation (no answer yet) as the model is prompted with it -> (text, whether chat-rendered; a
+        rendered chat holds its special tokens). Without a chat template (or with task.template=plain), the
+        non-assistant messages joined by newlines, as training renders a plain prompt."""
+        if self._use_chat(tokenizer, cfg):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+        return "\n".join(m["content"] for m in messages if m["role"] != "assistant"), False
+
     def _generate_kwargs(self, cfg) -> dict:
         t = cfg.task
         kw = {"max_new_tokens": t["max_new_tokens"], "do_sample": t["do_sample"]}
