@@ -196,9 +196,10 @@ def main() -> None:
 
 
 def write(args, rows: list[dict], mem: dict | None) -> None:
+    command = " ".join([".venv/bin/python", "bench/serve.py", *sys.argv[1:]])
     lines = ["# `ftkit serve` benchmark", "",
-             f"`{' '.join(['.venv/bin/python', 'bench/serve.py', *sys.argv[1:]])}` on {platform.node() or 'this machine'}"
-             f" ({os.cpu_count()} CPUs, {platform.python_version()}), {time.strftime('%Y-%m-%d')}; median of "
+             f"`{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} CPUs, "
+             f"{platform.python_version()}), {time.strftime('%Y-%m-%d')}; median of "
              f"{args.rounds} alternating round(s). See the docstring of bench/serve.py for the method.", ""]
     if rows:
         lines += ["| workload | clients | requests | batched req/s | p50 ms | p99 ms | one-at-a-time req/s | p50 ms | "

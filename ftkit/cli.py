@@ -3,31 +3,21 @@ usage errors answer without loading torch, transformers or peft."""
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ftkit.errors import RunStopped, UsageError, first_line
+from ftkit.cli_common import Debug, MaxNew, QuantOpt, Sets, TaskOpt, emit, gen_sets, guarded
+from ftkit.errors import UsageError
 
 app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, "
                        "masked-LM pre-training.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain click help: rendering it through rich costs ~0.1 s per call
                   context_settings={"help_option_names": ["-h", "--help"]})
-
-Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
-Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.lr=1e-4 "
-                                                                  "(repeatable; highest precedence).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls, tag, gen, mlm). Default: from the "
-                                                                "run or the model's architecture.")]
-QuantOpt = Annotated[Optional[str], typer.Option(help="Load the frozen weights as none, 8bit or 4bit for inference "
-                                                       "(4bit works on CPU too). Default: as the run was trained.")]
-MaxNew = Annotated[Optional[int], typer.Option(help="gen: tokens to generate (task.max_new_tokens).")]
 
 
 def _version(value: bool) -> None:
@@ -42,64 +32,6 @@ def _version(value: bool) -> None:
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print ftkit's version and exit.")] = False) -> None:
     """Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, masked-LM pre-training."""
-
-
-def _gen_sets(max_new_tokens: Optional[int]) -> list[str]:
-    return [f"task.max_new_tokens={max_new_tokens}"] if max_new_tokens is not None else []
-
-
-def _guard(fn, debug: bool):
-    """Run a command: UsageError -> one line + exit 2; any other failure -> one line + exit 1."""
-    try:
-        return fn()
-    except UsageError as e:
-        if debug:
-            raise
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    except RunStopped as e:
-        typer.echo(f"stopped: {e}", err=True)
-        raise typer.Exit(e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
-    except BrokenPipeError:  # the reader went away (`ftkit predict ... | head`): stop quietly, as SIGPIPE would
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-        raise typer.Exit(141)
-    except typer.Exit:
-        raise
-    except Exception as e:  # noqa: BLE001 — the CLI's last line of defence
-        if debug:
-            raise
-        typer.echo(f"failed: {type(e).__name__}: {first_line(e)} (run with --debug for the traceback)", err=True)
-        raise typer.Exit(1)
-
-
-def guarded(command):
-    """A command's body run under ``_guard`` (its ``debug`` option decides whether a failure shows the traceback);
-    the signature stays the command's, for Typer."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        return _guard(lambda: command(*args, **kwargs), kwargs.get("debug", False))
-
-    return run
-
-
-def _emit(records, output: Optional[Path]) -> None:
-    """JSON records to a file (written whole, then renamed) or to stdout."""
-    if isinstance(records, dict):
-        text = json.dumps(records, indent=2) + "\n"
-    else:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if output is None:
-        sys.stdout.write(text)
-        return
-    from ftkit.files import write_text
-
-    write_text(output, text)
 
 
 @app.command()
@@ -217,7 +149,7 @@ def eval_(
     from ftkit.runs import load_trained, locate
     from ftkit.tables import print_eval
 
-    sets = (set_ or []) + _gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
+    sets = (set_ or []) + gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
     if confusion_png is not None and confusion_png.suffix.lower() != ".png":
         raise UsageError(f"--confusion-png {confusion_png}: expected a .png file name")
     target = locate(run, task)
@@ -235,7 +167,7 @@ def eval_(
         confusion(cm["matrix"], cm["labels"], confusion_png, title=f"{Path(run).name} on {Path(data).name}")
     print_eval(metrics)
     if output:
-        _emit(metrics, output)
+        emit(metrics, output)
 
 
 @app.command()
@@ -262,10 +194,10 @@ def predict(
         raise UsageError("predict: give --text (one or more) or --file, not both")
     loaded = load_trained(run, task, quant)
     stream = loaded.task.streams and text is not None and len(text) == 1 and output is None
-    rows = run_predict(loaded, texts=text, file=file, sets=(set_ or []) + _gen_sets(max_new_tokens),
+    rows = run_predict(loaded, texts=text, file=file, sets=(set_ or []) + gen_sets(max_new_tokens),
                        batch_size=batch_size, stream=stream)
     if not stream:
-        _emit(rows, output)
+        emit(rows, output)
     if output is not None:
         typer.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} to {output}", err=True)
 
@@ -281,7 +213,8 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option(envvar="FTKIT_API_KEY", help="Require `Authorization: Bearer "
                                                    "KEY` on every route but /health (or set FTKIT_API_KEY).")] = None,
     max_batch: Annotated[int, typer.Option(help="Most requests (texts) run together in one batch.")] = 16,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option(help="Under concurrent load, how long a request waits for others "
+                                                    "to batch with.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting or running; beyond it: 503 with "
                                                 "Retry-After.")] = 256,
     max_input_chars: Annotated[int, typer.Option(help="Longest text a request may send.")] = 100_000,
@@ -392,7 +325,7 @@ def info(
              "train": {"batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing}}
     result = run_info(_drop_none(flags), set_ or [])
     if json_:
-        _emit(result, None)
+        emit(result, None)
     else:
         print_info(result)
 
@@ -435,7 +368,7 @@ def env(
 
     info = envinfo.collect()
     if json_:
-        _emit(info, None)
+        emit(info, None)
     else:
         typer.echo(envinfo.render(info))
 

@@ -3,7 +3,8 @@
 Requests wait per model. The dispatcher takes the model whose oldest request has waited longest, gathers up to
 ``max_batch`` of its requests (waiting at most ``max_wait`` seconds after the oldest for more to come), runs them as
 one batch on the single inference thread, and hands each caller its own result. While a batch runs, new requests
-gather, so under load batches fill without waiting. Admission is bounded: past ``max_queue`` requests admitted and
+gather, so under load batches fill by themselves; the wait applies only while the last batch held more than one
+request (a lone client is never delayed). Admission is bounded: past ``max_queue`` requests admitted and
 not yet finished, ``admit`` refuses (the server answers 503 with Retry-After) instead of queueing without end."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Batcher:
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self.waiting: dict[str, deque] = {}
         self.admitted = 0
+        self.last_size = 0  # requests in the last batch run
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -65,7 +67,9 @@ class Batcher:
                 continue
             oldest, name = min(ready)
             queue = self.waiting[name]
-            while len(queue) < self.max_batch and (left := oldest + self.max_wait - time.monotonic()) > 0:
+            # wait for company only under concurrent load: a lone client's request would just be delayed
+            wait = self.max_wait if self.last_size > 1 else 0.0
+            while len(queue) < self.max_batch and (left := oldest + wait - time.monotonic()) > 0:
                 self.wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), left)
@@ -76,6 +80,7 @@ class Batcher:
                     batch.append((item, future))
             if not batch:
                 continue
+            self.last_size = len(batch)
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, name, [i for i, _ in batch])
             except Exception as e:  # the batch as a whole failed: each caller hears why

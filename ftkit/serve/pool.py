@@ -122,22 +122,41 @@ def run_batch(s: Served, items: list) -> list:
     return out
 
 
+# Rows per forward pass when predicting on CPU: a batch is sorted by length and cut into passes of this many, since
+# a CPU is busy from a few rows on and padding a long batch to its longest text is work thrown away (minilm on 2
+# cores, 16 polarity texts: 211 texts/s in one pass, 273 in length-sorted passes of 8, 157 one at a time). On CUDA
+# the whole batch is one pass.
+CPU_PASS_ROWS = 8
+
+
 def _run(s: Served, items: list) -> list:
     from ftkit.inference import texts_table
     from ftkit.models import cpu_kernels
     from ftkit.serve.generate import GenRequest, generate_batch
 
     model, tokenizer = s.loaded.model, s.loaded.tokenizer
-    if s.adapter:
+    if s.adapter and model.active_adapter != s.adapter:
         model.set_adapter(s.adapter)
     texts = [i for i in items if isinstance(i, Text)]
     gens = [i for i in items if isinstance(i, GenRequest)]
     rows = []
     with cpu_kernels(model):
         if texts:
-            table = texts_table(s.task, [t.text for t in texts], s.cfg, "request", [t.where for t in texts])
-            rows = s.task.predict(model, tokenizer, table, s.cfg, batch_size=len(texts))
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i].text))
+            table = texts_table(s.task, [texts[i].text for i in order], s.cfg, "request",
+                                [texts[i].where for i in order])
+            passes = s.task.predict(model, tokenizer, table, s.cfg,
+                                    batch_size=len(texts) if _on_cuda(model) else CPU_PASS_ROWS)
+            rows = [None] * len(texts)
+            for i, row in zip(order, passes):
+                rows[i] = row
         if gens:
             generate_batch(model, tokenizer, gens)
     rows = iter(rows)
     return [i if isinstance(i, GenRequest) else next(rows) for i in items]
+
+
+def _on_cuda(model) -> bool:
+    parameters = getattr(model, "parameters", None)  # an ONNX export has none
+    first = next(iter(parameters()), None) if parameters else None
+    return first is not None and first.is_cuda

@@ -102,6 +102,9 @@ def _bind(host: str, port: int) -> socket.socket:
         raise UsageError(f"--host {host}: cannot resolve it ({e.strerror})") from None
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: a response's headers and body are written separately, and without it the body
+    # waits for the client's delayed ACK of the headers (~40 ms a request on Linux; measured 44 ms -> 1.2 ms)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(info[4])
     except OSError as e:

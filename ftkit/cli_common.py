@@ -1,0 +1,81 @@
+"""Pieces the commands of ``ftkit.cli`` share: option types, the error guard every command runs under, and
+writing JSON records. No heavy imports, so that `--help` stays fast."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ftkit.errors import RunStopped, UsageError, first_line
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.lr=1e-4 "
+                                                                  "(repeatable; highest precedence).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls, tag, gen, mlm). Default: from the "
+                                                                "run or the model's architecture.")]
+QuantOpt = Annotated[Optional[str], typer.Option(help="Load the frozen weights as none, 8bit or 4bit for inference "
+                                                       "(4bit works on CPU too). Default: as the run was trained.")]
+MaxNew = Annotated[Optional[int], typer.Option(help="gen: tokens to generate (task.max_new_tokens).")]
+
+
+def gen_sets(max_new_tokens: Optional[int]) -> list[str]:
+    return [f"task.max_new_tokens={max_new_tokens}"] if max_new_tokens is not None else []
+
+
+def _guard(fn, debug: bool):
+    """Run a command: UsageError -> one line + exit 2; any other failure -> one line + exit 1."""
+    try:
+        return fn()
+    except UsageError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    except RunStopped as e:
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    except BrokenPipeError:  # the reader went away (`ftkit predict ... | head`): stop quietly, as SIGPIPE would
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        raise typer.Exit(141)
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 — the CLI's last line of defence
+        if debug:
+            raise
+        typer.echo(f"failed: {type(e).__name__}: {first_line(e)} (run with --debug for the traceback)", err=True)
+        raise typer.Exit(1)
+
+
+def guarded(command):
+    """A command's body run under ``_guard`` (its ``debug`` option decides whether a failure shows the traceback);
+    the signature stays the command's, for Typer."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        return _guard(lambda: command(*args, **kwargs), kwargs.get("debug", False))
+
+    return run
+
+
+def emit(records, output: Optional[Path]) -> None:
+    """JSON records to a file (written whole, then renamed) or to stdout."""
+    if isinstance(records, dict):
+        text = json.dumps(records, indent=2) + "\n"
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from ftkit.files import write_text
+
+    write_text(output, text)
