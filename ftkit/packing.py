@@ -153,20 +153,25 @@ def _base(model):
 def unsupported(model, cfg) -> str | None:
     """Why packed batches cannot be used for ``model`` (the peft-wrapped or plain transformers model), or None."""
     base = _base(model)
-    conf = base.config
     peft_conf = getattr(model, "active_peft_config", None)
+    return unsupported_for(type(base), base.config, cfg, peft_conf is not None and peft_conf.is_prompt_learning)
+
+
+def unsupported_for(model_class, conf, cfg, virtual_tokens: bool) -> str | None:
+    """``unsupported`` from the model's class and config alone, so also before the weights load (a config not yet
+    loaded has no attention implementation set: the class's default, SDPA where it has it, is what loading picks)."""
     if getattr(conf, "is_encoder_decoder", False):
         return "an encoder-decoder model"
-    if peft_conf is not None and peft_conf.is_prompt_learning:
+    if virtual_tokens:
         return f"{cfg.method_name} adds virtual tokens"
-    if not getattr(base, "_supports_attention_backend", False) or conf._attn_implementation != "sdpa":
-        return f"{type(base).__name__} with {conf._attn_implementation} attention (SDPA on the attention interface " \
-               "is needed)"
+    attention = conf._attn_implementation or ("sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager")
+    if not getattr(model_class, "_supports_attention_backend", False) or attention != "sdpa":
+        return f"{model_class.__name__} with {attention} attention (SDPA on the attention interface is needed)"
     window = getattr(conf, "sliding_window", None)
     if window and window < cfg.data.max_length:
         return f"a sliding attention window ({window}) shorter than data.max_length"
-    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
-        return f"{type(base).__name__}.forward has no logits_to_keep"
+    if "logits_to_keep" not in inspect.signature(model_class.forward).parameters:
+        return f"{model_class.__name__}.forward has no logits_to_keep"
     return None
 
 

@@ -40,21 +40,32 @@ def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
     return run_dir
 
 
-# Settings whose default (null) ftkit decides only once the model is loaded; ftkit.yaml holds the decision.
-DECIDED_WITH_THE_MODEL = {"train.group_by_length"}
-
-
 def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
     """A run is resumed with the settings it started with; anything else would not be the same run."""
     saved = config_mod.flatten(config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml")).to_dict())
     now = config_mod.flatten(cfg.to_dict())
     # the run dir may have been moved; where it is logged to does not change the run
     for key in sorted((set(saved) | set(now)) - {"output", "train.report_to", "train.run_name"}):
-        if key in DECIDED_WITH_THE_MODEL and now.get(key) is None:
-            continue  # left to ftkit (null), which decided it once the model was loaded: ftkit.yaml holds the decision
         if saved.get(key) != now.get(key):
             raise UsageError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {run_dir}/ftkit.yaml;"
                              f" resume with the run's own settings: ftkit train {run_dir}/ftkit.yaml --resume")
+
+
+def resolve(cfg: config_mod.Config, task, method, run_dir: Path | None, model_config,
+            max_length: int) -> config_mod.Config:
+    """The complete config of a run, decided once before anything loads or trains: defaults < recipe < flags < --set
+    (``config.build``) plus what ftkit decides from the method, the base model and the data — the learning rate
+    left unset (the method's default), data.max_length (``max_length``, within the model's positions),
+    train.group_by_length left unset (grouped unless the batches will be packed, which leave no padding to cut), and
+    absolute paths. This is what ftkit.yaml holds: training it again decides nothing anew."""
+    R = dataclasses.replace
+    cfg = R(cfg, train=R(cfg.train, lr=cfg.train.lr or method.default_lr),
+            data=R(cfg.data, train=_absolute(cfg.data.train), eval=_absolute(cfg.data.eval), max_length=max_length),
+            model=R(cfg.model, name=_absolute(cfg.model.name)), output=str(run_dir.resolve()) if run_dir else None)
+    if cfg.train.group_by_length is None:
+        packed = task.packs(model_config, cfg, bool(method.virtual_tokens(cfg.method_params)))
+        cfg = R(cfg, train=R(cfg.train, group_by_length=not packed))
+    return cfg
 
 
 def encode_cached(task, tokenizer, model_config, table: Table, spec: str, cfg) -> dict[str, list[list[int]]]:
@@ -96,12 +107,6 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         raise UsageError(f"{cfg.data.train}: {len(train_idx)} training rows are fewer than one batch "
                          f"(train.batch_size {cfg.train.batch_size}); lower --batch-size or add data")
 
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.lr or method.default_lr),
-                              data=dataclasses.replace(cfg.data, train=_absolute(cfg.data.train),
-                                                       eval=_absolute(cfg.data.eval)),
-                              model=dataclasses.replace(cfg.model, name=_absolute(cfg.model.name)),
-                              output=str(run_dir.resolve()) if run_dir else None)
-
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -120,7 +125,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     check_quant_training(cfg)
     tracking.check(cfg)
     base_config, base_tokenizer, max_length = check_base_model(cfg, task)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=max_length))
+    cfg = resolve(cfg, task, method, run_dir, base_config, max_length)
     if dry_run:
         from ftkit.dryrun import summary
 
@@ -153,8 +158,6 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     architecture = type(model).__name__
     model = method.apply(model, cfg.method_params, ctx)
     batches = task.batching(model, tokenizer, cfg, train_features)
-    if cfg.train.group_by_length is None:  # by default grouped, unless packed batches leave no padding to cut
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, group_by_length=not batches.packed))
     with cpu_kernels(model, cfg.train.precision):
         check_forward(model, batches.collate(eval_features[:1]), task,
                       f"method {cfg.method_name!r} on {cfg.model.name} ({architecture})")

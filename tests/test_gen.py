@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 
 from conftest import run_cli, train_args, write_rows
@@ -246,6 +248,25 @@ def test_padding_free_batches_are_not_grouped_by_length_by_default(tmp_path, tin
         result = run_cli(*train_args(model, data, tmp_path / f"run{i}", "--max-steps", "2", *extra))
         assert result.exit_code == 0, result.output
     assert grouped == [False, True, True, True]
-    # ftkit.yaml holds what ran: the default (null) decided once the model was loaded
+    # ftkit.yaml holds what ran: the default (null) resolved from the model's config before it loaded
     assert "group_by_length: false" in (tmp_path / "run0" / "ftkit.yaml").read_text()
     assert "group_by_length: true" in (tmp_path / "run3" / "ftkit.yaml").read_text()
+
+
+@pytest.mark.parametrize("task", ["gen", "cls"])
+def test_the_config_is_resolved_once_before_loading(task, tmp_path, tiny_causal, tiny_model, copy_data, sentiment):
+    """`--dry-run` (no weights loaded) shows the very config the run then writes to ftkit.yaml: the method's lr,
+    the model's max length, length grouping and absolute paths all decided up front."""
+    import yaml
+
+    model, data = (tiny_causal, copy_data) if task == "gen" else (tiny_model, sentiment)
+    args = ["train", "--model", model, "--data", data["train"], "--eval-data", data["eval"], "--output",
+            tmp_path / "run", "--task", task, "--max-steps", "2", "--batch-size", "16"]  # lr, max length: unset
+    dry = run_cli(*args, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    shown = yaml.safe_load(dry.output.split("# resolved config\n")[1].split("\n# data")[0])
+    assert run_cli(*args).exit_code == 0
+    saved = yaml.safe_load((tmp_path / "run" / "ftkit.yaml").read_text())
+    assert shown == saved
+    assert saved["train"]["lr"] and saved["data"]["max_length"] and saved["train"]["group_by_length"] is not None
+    assert Path(saved["data"]["train"]).is_absolute()

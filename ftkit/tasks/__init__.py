@@ -77,6 +77,12 @@ class Task:
         the model's own loss."""
         return Batching(self.collator(tokenizer, cfg))
 
+    def packs(self, model_config, cfg, virtual_tokens: bool) -> bool:
+        """Whether training batches will be packed (``Batching.packed``), told from the base model's config before
+        its weights load; decides train.group_by_length's default (packed rows leave no padding to cut). Default:
+        no packing."""
+        return False
+
     def example(self, length: int) -> dict:
         """One feature of ``length`` tokens (memory.py's trace)."""
         raise NotImplementedError

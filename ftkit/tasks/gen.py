@@ -204,6 +204,15 @@ class Generation(Task):
                         "padding-free batches: the rows' common prefix computed once, logits only where scored",
                         packed=True)
 
+    def packs(self, model_config, cfg, virtual_tokens: bool) -> bool:
+        from ftkit import packing
+
+        if not cfg.task["padding_free"]:
+            return False
+        model_class = self.model_class(model_config)._model_mapping.get(type(model_config), None)
+        return model_class is not None and \
+            packing.unsupported_for(model_class, model_config, cfg, virtual_tokens) is None
+
     def example(self, length: int) -> dict:
         return {"input_ids": [5] * length, "labels": [0] * length}
 
