@@ -1,7 +1,7 @@
 """`ftkit serve`: a real server process on 127.0.0.1 (a free port), driven by the official openai client and httpx.
 
-One server holds a gen run, two cls LoRA runs on one base (sharing it), a tag run and an ONNX export, behind an API
-key; a second, small one (a queue of 2) is overloaded, loses a client mid-stream, and is stopped with SIGTERM while
+One server holds a gen run, two cls LoRA runs on one base (sharing it), a tag run, an mlm run and an ONNX export,
+behind an API key; a second, small one (a queue of 2) is overloaded, loses a client mid-stream, and is stopped with SIGTERM while
 requests are in flight."""
 
 from __future__ import annotations
@@ -78,11 +78,12 @@ class Server:
 def runs(tiny_model, tiny_causal, sentiment, copy_data, ner, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     out = {"gen": root / "gen", "cls_a": root / "cls_a", "cls_b": root / "cls_b", "tag": root / "tag",
-           "onnx": root / "onnx"}
+           "mlm": root / "mlm", "onnx": root / "onnx"}
     for args in (train_args(tiny_causal, copy_data, out["gen"], "--task", "gen", "--epochs", "4", "--lr", "1e-2"),
                  train_args(tiny_model, sentiment, out["cls_a"], "--max-steps", "30"),
                  train_args(tiny_model, sentiment, out["cls_b"], "--max-steps", "10", "--seed", "7"),
                  train_args(tiny_model, ner, out["tag"], "--task", "tag", "--max-steps", "20"),
+                 train_args(tiny_model, sentiment, out["mlm"], "--task", "mlm", "--max-steps", "10"),
                  ["export", out["cls_a"], "--format", "onnx", "--output", out["onnx"]]):
         result = run_cli(*args)
         assert result.exit_code == 0, result.output
@@ -92,7 +93,7 @@ def runs(tiny_model, tiny_causal, sentiment, copy_data, ner, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(runs):
     s = Server(f"gen={runs['gen']}", f"a={runs['cls_a']}", f"b={runs['cls_b']}", f"tag={runs['tag']}",
-               f"onnx={runs['onnx'] / 'model.onnx'}", "--max-input-chars", "500", env={"FTKIT_API_KEY": KEY})
+               f"mlm={runs['mlm']}", f"onnx={runs['onnx'] / 'model.onnx'}", "--max-input-chars", "500", env={"FTKIT_API_KEY": KEY})
     try:
         s.wait_ready(AUTH)
         yield s
@@ -129,7 +130,7 @@ def same_prediction(got: dict, want: dict) -> bool:
 
 def test_openai_client_chat_stream_completions_models(server, client, runs):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"gen", "a", "b", "tag", "onnx"}
+    assert set(models) == {"gen", "a", "b", "tag", "mlm", "onnx"}
     messages = [{"role": "user", "content": "what word : the movie good was"}]
     chat = client.chat.completions.create(model="gen", messages=messages, max_tokens=12, temperature=0)
     text = chat.choices[0].message.content
@@ -203,13 +204,19 @@ def test_predict_under_concurrency_each_gets_its_own_answer(server, runs):
     assert shared["b"] == "a" and shared["a"] is None
 
 
-def test_predict_lists_tag_and_onnx(server, runs):
+def test_predict_lists_tag_mlm_and_onnx(server, runs):
     texts = ["john was in paris", "the plot was good"]
     r = httpx.post(f"{server.url}/v1/predict", json={"model": "tag", "input": texts}, headers=AUTH, timeout=60)
     assert r.status_code == 200 and r.json()["data"] == expected(runs["tag"], texts)
     r = httpx.post(f"{server.url}/v1/predict", json={"model": "onnx", "input": texts}, headers=AUTH, timeout=60)
     assert r.status_code == 200
     assert all(same_prediction(g, w) for g, w in zip(r.json()["data"], expected(runs["onnx"] / "model.onnx", texts)))
+    masked = ["the movie was [MASK]", "a [MASK] plot"]
+    r = httpx.post(f"{server.url}/v1/predict", json={"model": "mlm", "input": masked}, headers=AUTH, timeout=60)
+    assert r.status_code == 200 and r.json()["data"] == expected(runs["mlm"], masked)
+    r = httpx.post(f"{server.url}/v1/predict", json={"model": "mlm", "input": [masked[0], "no mask here"]},
+                   headers=AUTH, timeout=60)
+    assert r.status_code == 400 and "input.1: no [MASK] in the text" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("route, body, status, message", [
@@ -301,3 +308,16 @@ def test_bad_arguments_fail_before_binding(runs, tmp_path, cli):
                           (["serve", runs["cls_a"], "--port", "70000"], "--port")):
         result = cli(*args)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.real
+def test_a_built_in_model_is_served_zero_shot():
+    s = Server("smollm2-135m")
+    try:
+        s.wait_ready(timeout=300)
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model="smollm2-135m", max_tokens=8, temperature=0,
+                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert reply.choices[0].message.content.strip() and reply.usage.completion_tokens <= 8
+    finally:
+        s.stop()
