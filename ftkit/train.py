@@ -54,7 +54,7 @@ def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
 def resolve(cfg: config_mod.Config, task, method, run_dir: Path | None, model_config,
             max_length: int) -> config_mod.Config:
     """The complete config of a run, decided once before anything loads or trains: defaults < recipe < flags < --set
-    (``config.build``) plus what ftkit decides from the method, the base model and the data — the learning rate
+    (``config.resolve``) plus what ftkit decides from the method, the base model and the data — the learning rate
     left unset (the method's default), data.max_length (``max_length``, within the model's positions),
     train.group_by_length left unset (grouped unless the batches will be packed, which leave no padding to cut), and
     absolute paths. This is what ftkit.yaml holds: training it again decides nothing anew."""

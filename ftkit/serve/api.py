@@ -349,10 +349,10 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-# ---------------------------------------------------------------- auth and the access log
+# ---------------------------------------------------------------- auth
 class Gate:
-    """ASGI middleware: the API key check (all routes but /health), POST bodies read as JSON, and one log line per
-    request."""
+    """ASGI middleware: the API key check (all routes but /health) and POST bodies read as JSON (the access log
+    wraps it)."""
 
     def __init__(self, app, state: State):
         self.app, self.state = app, state
@@ -360,26 +360,14 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-
-        async def send_logged(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
         if scope["method"] == "POST":  # every body here is JSON, whatever the client called it (curl -d: a form)
             headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
             scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
-        try:
-            if self.state.api_key and scope["path"] != "/health" and not self._authorized(scope):
-                response = error_response(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
-                                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send_logged)
-            else:
-                await self.app(scope, receive, send_logged)
-        finally:
-            self.state.log(f"{scope['method']} {scope['path']} {status[0]} "
-                           f"{1000 * (time.perf_counter() - start):.1f} ms")
+        if self.state.api_key and scope["path"] != "/health" and not self._authorized(scope):
+            response = error_response(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
+                                      code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
     def _authorized(self, scope) -> bool:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
