@@ -12,12 +12,23 @@ LATEST := .venv-latest
 # /opt/wheels. Elsewhere: make lock TORCH_WHEELS=<a folder or flat index page holding torch-$(TORCH)+cpu>
 TORCH_WHEELS ?= /opt/wheels
 
-.PHONY: demo test test-fast test-latest lock
+.PHONY: demo test test-fast test-latest lock browser
 demo: $(STAMP)  ## fine-tune the built-in default (minilm + polarity, LoRA) and print held-out metrics
 	$(VENV)/bin/ftkit train --output runs/demo --overwrite
 
-test: $(STAMP)  ## the whole test suite, the real-model group included (what CI runs)
+test: $(STAMP) browser  ## the whole test suite, the real-model group included (what CI runs)
 	$(PY) -m pytest -q
+
+# tests/test_ui.py drives a real browser: Debian's chromium + chromium-driver (apt; no browser download). Without
+# root or sudo the browser tests are skipped, saying why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		APT="$$( [ "$$(id -u)" = 0 ] && echo apt-get || { sudo -n true 2>/dev/null && echo "sudo apt-get"; } )"; \
+		if [ -n "$$APT" ]; then DEBIAN_FRONTEND=noninteractive $$APT install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null 2>&1 || { $$APT update -qq >/dev/null 2>&1 && \
+			DEBIAN_FRONTEND=noninteractive $$APT install -y -qq --no-install-recommends chromium chromium-driver \
+			>/dev/null; } || echo "warning: could not install chromium; the browser tests will be skipped"; \
+		else echo "warning: chromium not installed and no root/sudo; the browser tests will be skipped"; fi; }
 
 test-fast: $(STAMP)  ## tiny models only
 	$(PY) -m pytest -q -m "not real"

@@ -232,6 +232,25 @@ def serve(
 
 @app.command()
 @guarded
+def ui(
+    folders: Annotated[Optional[list[str]], typer.Argument(help="Folders holding run dirs and sweeps (searched "
+                                                                 "recursively; default: the current one).",
+                                                            metavar="[RUNS_DIR]...")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port; the log says which).")] = 7860,
+    allow_launch: Annotated[bool, typer.Option("--allow-launch", help="Let the page start, stop and resume runs "
+                                                                      "(off by default).")] = False,
+    debug: Debug = False,
+):
+    """A local web dashboard: runs (status, curves updating live, evaluation, config, model card, commands),
+    comparisons of several runs, sweeps; with --allow-launch, start runs from a recipe and watch them."""
+    from ftkit.ui import ui as run_ui
+
+    run_ui(folders or [], host=host, port=port, allow_launch=allow_launch)
+
+
+@app.command()
+@guarded
 def export(
     run: Annotated[str, typer.Argument(help="A finished run dir.")],
     output: Annotated[str, typer.Option(help="Directory to write (must be new or empty).")],

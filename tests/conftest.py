@@ -6,6 +6,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +247,51 @@ def copy_data(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("gen")
     return {"train": write_rows(d / "train.jsonl", copy_rows(160, seed=1)),
             "eval": write_rows(d / "eval.jsonl", copy_rows(24, seed=2))}
+
+
+class LiveServer:
+    """``ftkit COMMAND ARGS --port 0`` (serve, ui) in a subprocess on 127.0.0.1: the port is read from its log;
+    ``stop`` (SIGTERM, then kill) is always called by the fixtures that start one."""
+
+    def __init__(self, command: str, *args, env: dict | None = None):
+        self.proc = subprocess.Popen([sys.executable, "-m", "ftkit", command, *map(str, args), "--port", "0"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        self.port = None
+        found = threading.Event()
+
+        def read():
+            for line in self.proc.stderr:
+                self.lines.append(line.rstrip())
+                if m := re.search(r" on http://127\.0\.0\.1:(\d+)", line):
+                    self.port = int(m.group(1))
+                    found.set()
+            found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not found.wait(60) or self.port is None:
+            self.stop()
+            raise AssertionError("the server did not start:\n" + "\n".join(self.lines))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, headers=None, timeout: float = 120) -> None:
+        import httpx
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, "the server exited:\n" + "\n".join(self.lines)
+            if httpx.get(f"{self.url}/ready", headers=headers, timeout=5).status_code == 200:
+                return
+            time.sleep(0.2)
+        raise AssertionError("not ready in time:\n" + "\n".join(self.lines))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode

@@ -1,25 +1,22 @@
 """`ftkit serve`: a real server process on 127.0.0.1 (a free port), driven by the official openai client and httpx.
 
 One server holds a gen run, two cls LoRA runs on one base (sharing it), a tag run, an mlm run and an ONNX export,
-behind an API key; a second, small one (a queue of 2) is overloaded, loses a client mid-stream, and is stopped with SIGTERM while
-requests are in flight."""
+behind an API key; a second, small one (a queue of 2) is overloaded, loses a client mid-stream, and is stopped with
+SIGTERM while requests are in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, sentiment_rows, train_args
+from conftest import LiveServer, run_cli, sentiment_rows, train_args
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -29,49 +26,8 @@ KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-class Server:
-    """``ftkit serve ARGS --port 0`` in a subprocess: the port is read from its log; always stopped."""
-
-    def __init__(self, *args, env: dict | None = None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "ftkit", "serve", *map(str, args), "--port", "0"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
-        self.lines: list[str] = []
-        self.port = None
-        found = threading.Event()
-
-        def read():
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip())
-                if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
-                    self.port = int(m.group(1))
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(60) or self.port is None:
-            self.stop()
-            raise AssertionError("the server did not start:\n" + "\n".join(self.lines))
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, headers=None, timeout: float = 120) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            assert self.proc.poll() is None, "the server exited:\n" + "\n".join(self.lines)
-            if httpx.get(f"{self.url}/ready", headers=headers, timeout=5).status_code == 200:
-                return
-            time.sleep(0.2)
-        raise AssertionError("not ready in time:\n" + "\n".join(self.lines))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+def Serve(*args, env: dict | None = None) -> LiveServer:
+    return LiveServer("serve", *args, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +48,9 @@ def runs(tiny_model, tiny_causal, sentiment, copy_data, ner, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(runs):
-    s = Server(f"gen={runs['gen']}", f"a={runs['cls_a']}", f"b={runs['cls_b']}", f"tag={runs['tag']}",
-               f"mlm={runs['mlm']}", f"onnx={runs['onnx'] / 'model.onnx'}", "--max-input-chars", "500", env={"FTKIT_API_KEY": KEY})
+    s = Serve(f"gen={runs['gen']}", f"a={runs['cls_a']}", f"b={runs['cls_b']}", f"tag={runs['tag']}",
+              f"mlm={runs['mlm']}", f"onnx={runs['onnx'] / 'model.onnx'}", "--max-input-chars", "500",
+              env={"FTKIT_API_KEY": KEY})
     try:
         s.wait_ready(AUTH)
         yield s
@@ -259,7 +216,7 @@ def test_api_key(server):
 
 
 def test_overload_disconnect_and_sigterm(runs):
-    s = Server(runs["gen"], "--max-queue", "2", "--max-batch", "1")
+    s = Serve(runs["gen"], "--max-queue", "2", "--max-batch", "1")
     try:
         s.wait_ready()
         url = f"{s.url}/v1/completions"
@@ -312,7 +269,7 @@ def test_bad_arguments_fail_before_binding(runs, tmp_path, cli):
 
 @pytest.mark.real
 def test_a_built_in_model_is_served_zero_shot():
-    s = Server("smollm2-135m")
+    s = Serve("smollm2-135m")
     try:
         s.wait_ready(timeout=300)
         client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0, timeout=120)
