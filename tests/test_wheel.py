@@ -65,6 +65,13 @@ def test_the_wheel_holds_the_package_and_every_recipe(wheel_venv, tmp_path):
                             "print(ftkit.__file__); print(r.RECIPES_DIR)"], cwd=tmp_path, capture_output=True,
                            text=True, check=True).stdout.split()
     assert all(Path(p).is_relative_to(wheel_venv) for p in where), where
+    # every subpackage of the source tree is in the wheel (a package left out of pyproject's list would be missing)
+    packages = sorted(p.parent.relative_to(REPO).as_posix().replace("/", ".") for p in (REPO / "ftkit").rglob(
+        "__init__.py") if "__pycache__" not in p.parts)
+    probe = "import importlib, sys\nfor name in sys.argv[1:]: importlib.import_module(name)"
+    imported = subprocess.run([wheel_venv / "bin" / "python", "-c", probe, *packages], cwd=tmp_path,
+                              capture_output=True, text=True)
+    assert imported.returncode == 0 and {"ftkit.serve", "ftkit.ui"} <= set(packages), imported.stderr
     version = _run(wheel_venv, "--version", cwd=tmp_path)
     from ftkit import __version__
 
