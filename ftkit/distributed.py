@@ -35,6 +35,15 @@ def check_scale_out(cfg) -> None:
                          "ftkit loads them (8-bit never, 4-bit only with a bf16 quant storage ftkit does not set "
                          "up); use DDP (torchrun / accelerate launch --multi_gpu) with --quant, or FSDP with "
                          "--quant none")
+    if kind == "fsdp":
+        import torch
+
+        if not torch.cuda.is_available():
+            # Accelerate (1.x) turns an FSDP launch into FSDP only on accelerators; on CPU its state stays MULTI_CPU
+            # and prepare() wraps the model in DDP: every rank would hold the whole model, not a shard
+            raise UsageError("FSDP on CPU: Accelerate applies an FSDP config only on GPUs (on CPU it would run plain "
+                             "data parallel with the whole model on every process, silently); use torchrun "
+                             "--nproc_per_node N for CPU data parallel, or FSDP on a machine with GPUs")
     if kind == "deepspeed":
         if quant != "none" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3":
             raise UsageError(f"--quant {quant} with DeepSpeed ZeRO-3: ZeRO-3 partitions the parameters, which "

@@ -115,6 +115,8 @@ def test_shipped_accelerate_configs():
     ("fsdp", "4bit", "--quant 4bit with FSDP"),
     ("deepspeed-zero3", "8bit", "--quant 8bit with DeepSpeed ZeRO-3"),
     ("deepspeed-zero2", "none", "DeepSpeed, which is not installed: pip install deepspeed"),
+    pytest.param("fsdp", "none", "FSDP on CPU: Accelerate applies an FSDP config only on GPUs",
+                 marks=pytest.mark.skipif("__import__('torch').cuda.is_available()")),
 ])
 def test_unsupported_scale_out_is_refused_before_loading(config, quant, expected, tiny_model, sentiment, tmp_path,
                                                          monkeypatch):
