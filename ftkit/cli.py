@@ -10,29 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftkit.cli_common import Debug, MaxNew, QuantOpt, Sets, TaskOpt, emit, gen_sets, guarded
+from ftkit.cli_common import (Debug, MaxNew, QuantOpt, Sets, TaskOpt, app, drop_none, emit, gen_sets, guarded,
+                              summarise)
 from ftkit.errors import UsageError
-
-app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, "
-                       "masked-LM pre-training.",
-                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None,  # plain click help: rendering it through rich costs ~0.1 s per call
-                  context_settings={"help_option_names": ["-h", "--help"]})
-
-
-def _version(value: bool) -> None:
-    if value:
-        from ftkit import __version__
-
-        typer.echo(f"ftkit {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print ftkit's version and exit.")] = False) -> None:
-    """Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, masked-LM pre-training."""
-
 
 @app.command()
 @guarded
@@ -90,7 +70,7 @@ def train(
                        "grad_accum": grad_accum, "seed": seed, "precision": precision,
                        "gradient_checkpointing": gradient_checkpointing, "run_name": run_name,
                        "report_to": report_to.split(",") if report_to else None}}
-    cfg = config.resolve(recipes.find(recipe) if recipe else None, _drop_none(flags), set_ or [])
+    cfg = config.resolve(recipes.find(recipe) if recipe else None, drop_none(flags), set_ or [])
     from ftkit.train import train as run_train
 
     start = time.perf_counter()
@@ -100,27 +80,7 @@ def train(
 
         print_dry_run(summary)
         return
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:  # one summary per run, not one per process
-        return
-    metrics = {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))}
-    typer.echo("held-out: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in metrics.items()))
-    typer.echo(f"run dir: {cfg.output}  ({time.perf_counter() - start:.0f} s in all, "
-               f"{summary['train']['seconds']:.0f} s training)")
-
-
-def _drop_none(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            v = _drop_none(v)
-            if v:
-                out[k] = v
-        elif v is not None:
-            out[k] = v
-    return out
+    summarise(summary, cfg.output, start)
 
 
 @app.command("eval")
@@ -200,53 +160,6 @@ def predict(
         emit(rows, output)
     if output is not None:
         typer.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} to {output}", err=True)
-
-
-@app.command()
-@guarded
-def serve(
-    runs: Annotated[list[str], typer.Argument(help="What to serve: run dirs, merged or ONNX exports, or built-in "
-                                                   "model names; NAME=RUN sets the name requests use.",
-                                              metavar="RUN...")],
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free port; the log says which).")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option(envvar="FTKIT_API_KEY", help="Require `Authorization: Bearer "
-                                                   "KEY` on every route but /health (or set FTKIT_API_KEY).")] = None,
-    max_batch: Annotated[int, typer.Option(help="Most requests (texts) run together in one batch.")] = 16,
-    max_wait_ms: Annotated[float, typer.Option(help="Under concurrent load, how long a request waits for others "
-                                                    "to batch with.")] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Most requests waiting or running; beyond it: 503 with "
-                                                "Retry-After.")] = 256,
-    max_input_chars: Annotated[int, typer.Option(help="Longest text a request may send.")] = 100_000,
-    task: TaskOpt = None,
-    debug: Debug = False,
-):
-    """Serve runs over HTTP: OpenAI-compatible /v1/chat/completions and /v1/completions for gen, /v1/predict for
-    every task, /v1/models, /health and /ready. Adapter runs on one base model share it in memory. Stops on
-    SIGTERM or Ctrl-C once in-flight requests are answered."""
-    from ftkit.serve.server import serve as run_server
-
-    run_server(runs, host=host, port=port, api_key=api_key, task=task, max_batch=max_batch, max_wait_ms=max_wait_ms,
-               max_queue=max_queue, max_input_chars=max_input_chars)
-
-
-@app.command()
-@guarded
-def ui(
-    folders: Annotated[Optional[list[str]], typer.Argument(help="Folders holding run dirs and sweeps (searched "
-                                                                 "recursively; default: the current one).",
-                                                            metavar="[RUNS_DIR]...")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free port; the log says which).")] = 7860,
-    allow_launch: Annotated[bool, typer.Option("--allow-launch", help="Let the page start, stop and resume runs "
-                                                                      "(off by default).")] = False,
-    debug: Debug = False,
-):
-    """A local web dashboard: runs (status, curves updating live, evaluation, config, model card, commands),
-    comparisons of several runs, sweeps; with --allow-launch, start runs from a recipe and watch them."""
-    from ftkit.ui import ui as run_ui
-
-    run_ui(folders or [], host=host, port=port, allow_launch=allow_launch)
 
 
 @app.command()
@@ -342,7 +255,7 @@ def info(
     flags = {"task": task, "method": method, "model": {"name": model, "quant": quant},
              "data": {"max_length": max_length},
              "train": {"batch_size": batch_size, "gradient_checkpointing": gradient_checkpointing}}
-    result = run_info(_drop_none(flags), set_ or [])
+    result = run_info(drop_none(flags), set_ or [])
     if json_:
         emit(result, None)
     else:
@@ -390,6 +303,9 @@ def env(
         emit(info, None)
     else:
         typer.echo(envinfo.render(info))
+
+
+import ftkit.cli_after  # noqa: E402, F401 — registers serve, ui and distill after this module's commands
 
 
 def main() -> None:

@@ -76,6 +76,18 @@ class TrainConfig:
                                   "keeps none: its weights are the best evaluation's.")
 
 
+@dataclass
+class DistillConfig:
+    teacher: str | None = _f(None, "A finished cls or tag run to learn from (`ftkit distill`): the student learns the "
+                                   "teacher's temperature-softened outputs along with the gold labels.")
+    alpha: float = _f(0.5, "Weight of the distillation term (KL to the teacher); 1 - alpha weighs the gold labels.")
+    temperature: float = _f(2.0, "Softening temperature of both models' outputs (the KL term is scaled by its "
+                                 "square, as in Hinton et al. 2015).")
+    hidden_weight: float = _f(0.0, "Weight of matching hidden states: MSE between each student layer and the "
+                                   "teacher layer it maps to (evenly spaced); student and teacher of equal width. "
+                                   "0: off.")
+
+
 DEFAULT_MAX_LENGTH = 128
 PRECISIONS = ("fp32", "bf16", "fp16")
 QUANTS = ("none", "8bit", "4bit")
@@ -89,6 +101,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The base model."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training/evaluation data."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation and evaluation."})
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata={"help": "Knowledge distillation."})
     output: str | None = _f(None, "Run directory to write.")
 
     @property
@@ -112,7 +125,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
 PLUGGABLE = ("task", "method")  # sections whose valid keys depend on the chosen entry's `params` dataclass
 
 
@@ -335,6 +348,12 @@ def validate(cfg: Config) -> None:
         _check(tracker in REPORT_TO, "train.report_to", tracker, " or ".join(REPORT_TO))
     _check(0 < d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
     _check(d.max_length is None or d.max_length > 0, "data.max_length", d.max_length, "an integer > 0")
+    k = cfg.distill
+    _check(0 <= k.alpha <= 1, "distill.alpha", k.alpha, "a number in [0, 1]")
+    _check(k.temperature > 0, "distill.temperature", k.temperature, "a number > 0")
+    _check(k.hidden_weight >= 0, "distill.hidden_weight", k.hidden_weight, "a number >= 0")
+    _check(k.teacher is None or cfg.task_name in ("cls", "tag"), "distill.teacher", k.teacher,
+           f"unset for task {cfg.task_name} (distillation covers cls and tag)")
     task = TASKS.get(cfg.task_name)
     roles = set(task.columns)
     _reject_unknown(d.columns, roles, "data.columns.")

@@ -93,6 +93,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     train_table = read_table(cfg.data.train)
     task.check(train_table, cfg)
     labels = task.label_space(train_table, cfg)
+    if cfg.distill.teacher:  # the student answers in the teacher's label set
+        from ftkit.distillation import teacher_labels
+
+        labels = teacher_labels(cfg, task, [train_table])
     train_targets = task.targets(train_table, cfg, labels)
     if cfg.data.eval:
         eval_table = read_table(cfg.data.eval)
@@ -125,6 +129,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     check_quant_training(cfg)
     tracking.check(cfg)
     base_config, base_tokenizer, max_length = check_base_model(cfg, task)
+    if cfg.distill.teacher:
+        from ftkit.distillation import check_student
+
+        check_student(cfg, task, base_tokenizer, base_config)
     cfg = resolve(cfg, task, method, run_dir, base_config, max_length)
     if dry_run:
         from ftkit.dryrun import summary
@@ -158,6 +166,11 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     architecture = type(model).__name__
     model = method.apply(model, cfg.method_params, ctx)
     batches = task.batching(model, tokenizer, cfg, train_features)
+    if cfg.distill.teacher:
+        from ftkit.distillation import distilling_loss, load_teacher
+
+        batches = dataclasses.replace(batches, loss=distilling_loss(
+            load_teacher(cfg, task, accelerator.device), cfg.distill, tagging=task.name == "tag"))
     with cpu_kernels(model, cfg.train.precision):
         check_forward(model, batches.collate(eval_features[:1]), task,
                       f"method {cfg.method_name!r} on {cfg.model.name} ({architecture})")

@@ -64,6 +64,7 @@ def browser():
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
     driver.set_page_load_timeout(60)
+    driver.implicitly_wait(15)  # a form submitted by a click navigates after click() returns: lookups wait for it
     try:
         yield driver
     finally:
@@ -164,6 +165,7 @@ def test_launch_validates_the_form_then_runs_to_the_end(dashboard, browser, fold
     good = (f"model.name={tiny_model}\ndata.train={sentiment['train']}\ndata.eval={sentiment['eval']}\n"
             "train.max_steps=4\ntrain.batch_size=16\ndata.max_length=32")
     fill(good + "\ntrain.lr=fast")
+    wait_for(lambda: browser.find_elements(By.ID, "error-overrides"))
     error = browser.find_element(By.ID, "error-overrides").text
     assert "train.lr" in error and "fast" in error  # the CLI's own message, next to the field
     assert not (folder / "from-the-page").exists()
@@ -196,9 +198,11 @@ def test_a_launched_run_stops_with_a_checkpoint_and_resumes_from_the_page(dashbo
     wait_for(lambda: browser.find_element(By.ID, "job-status").text.startswith("stopped"), timeout=120)
     assert "stopped (exit 143)" == browser.find_element(By.ID, "job-status").text
     browser.get(dashboard.url + "/run/0/long")
+    wait_for(lambda: "interrupted" in browser.find_element(By.TAG_NAME, "main").text)
     main = browser.find_element(By.TAG_NAME, "main").text
     assert "interrupted" in main and "checkpoint at step" in main and "--resume" in main
     browser.find_element(By.XPATH, "//button[starts-with(., 'resume')]").click()
+    wait_for(lambda: "Job" in browser.title)
     wait_for(lambda: "resum" in browser.find_element(By.ID, "log").text.lower(), timeout=120)
     assert browser.find_element(By.ID, "job-status").text == "running"
     browser.find_element(By.ID, "stop").click()

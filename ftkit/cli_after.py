@@ -1,0 +1,94 @@
+"""The commands for what comes after training: serve, ui, distill. Registered on ``cli_common.app`` when
+``ftkit.cli`` runs; like every command, heavy imports happen inside them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ftkit.cli_common import Debug, Sets, TaskOpt, app, drop_none, guarded, summarise
+
+
+@app.command()
+@guarded
+def serve(
+    runs: Annotated[list[str], typer.Argument(help="What to serve: run dirs, merged or ONNX exports, or built-in "
+                                                   "model names; NAME=RUN sets the name requests use.",
+                                              metavar="RUN...")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port; the log says which).")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="FTKIT_API_KEY", help="Require `Authorization: Bearer "
+                                                   "KEY` on every route but /health (or set FTKIT_API_KEY).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most requests (texts) run together in one batch.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(help="Under concurrent load, how long a request waits for others "
+                                                    "to batch with.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Most requests waiting or running; beyond it: 503 with "
+                                                "Retry-After.")] = 256,
+    max_input_chars: Annotated[int, typer.Option(help="Longest text a request may send.")] = 100_000,
+    task: TaskOpt = None,
+    debug: Debug = False,
+):
+    """Serve runs over HTTP: OpenAI-compatible /v1/chat/completions and /v1/completions for gen, /v1/predict for
+    every task, /v1/models, /health and /ready. Adapter runs on one base model share it in memory. Stops on
+    SIGTERM or Ctrl-C once in-flight requests are answered."""
+    from ftkit.serve.server import serve as run_server
+
+    run_server(runs, host=host, port=port, api_key=api_key, task=task, max_batch=max_batch, max_wait_ms=max_wait_ms,
+               max_queue=max_queue, max_input_chars=max_input_chars)
+
+
+@app.command()
+@guarded
+def ui(
+    folders: Annotated[Optional[list[str]], typer.Argument(help="Folders holding run dirs and sweeps (searched "
+                                                                 "recursively; default: the current one).",
+                                                            metavar="[RUNS_DIR]...")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port; the log says which).")] = 7860,
+    allow_launch: Annotated[bool, typer.Option("--allow-launch", help="Let the page start, stop and resume runs "
+                                                                      "(off by default).")] = False,
+    debug: Debug = False,
+):
+    """A local web dashboard: runs (status, curves updating live, evaluation, config, model card, commands),
+    comparisons of several runs, sweeps; with --allow-launch, start runs from a recipe and watch them."""
+    from ftkit.ui import ui as run_ui
+
+    run_ui(folders or [], host=host, port=port, allow_launch=allow_launch)
+
+
+@app.command()
+@guarded
+def distill(
+    teacher: Annotated[str, typer.Argument(help="A finished cls or tag run dir to learn from.")],
+    output: Annotated[Optional[str], typer.Option(help="Run directory to write (the student).")] = None,
+    student: Annotated[Optional[str], typer.Option(help="layers=N: the teacher with N evenly spaced layers kept, "
+                                                        "initialised from its weights (default: half its layers); "
+                                                        "or a model or checkpoint with the teacher's tokenizer.")]
+    = None,
+    unlabelled: Annotated[Optional[str], typer.Option(help="Texts (a .txt, one a line, or a file with a text "
+                                                           "column) the teacher labels, added to the training rows.")]
+    = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Weight of the distillation term (distill.alpha).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Softening temperature (distill.temperature).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="How the student trains (default: full).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the training data.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per forward pass.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted distillation run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and the final summary only.")] = False,
+    set_: Sets = None,
+    debug: Debug = False,
+):
+    """Distil a cls or tag run into a smaller student: the teacher's softened outputs (KL) plus the gold labels,
+    through the ordinary training run (a complete, resumable run dir)."""
+    from ftkit.distill import distill as run_distill
+
+    flags = {"method": method, "distill": {"alpha": alpha, "temperature": temperature},
+             "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "seed": seed}}
+    summary = run_distill(teacher, output, student, unlabelled, drop_none(flags), set_ or [], overwrite=overwrite,
+                          resume=resume, quiet=quiet)
+    summarise(summary, output)

@@ -1,0 +1,143 @@
+"""`ftkit distill`: a smaller student learns a finished cls or tag run (the teacher) through the ordinary training
+run: the teacher's data and settings, a ``distill`` config section (teacher, alpha, temperature), a complete run dir
+that eval/predict/export/serve use unchanged, resumable like any run (`ftkit train RUN/ftkit.yaml --resume`).
+
+Students: ``layers=N`` — the teacher's own model (adapter merged) with N evenly spaced layers kept, initialised
+from the teacher's weights (as DistilBERT was), built once into the cache; or any checkpoint or built-in model with
+the teacher's tokenizer. ``--unlabelled FILE``: texts the teacher labels, added to the training rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ftkit import catalog
+from ftkit import config as config_mod
+from ftkit.errors import UsageError
+from ftkit.files import write_text
+
+
+def distill(teacher: str, output: str | None, student: str | None = None, unlabelled: str | None = None,
+            flags: dict | None = None, sets: list[str] | None = None, **train_kw) -> dict:
+    from ftkit.runs import locate
+    from ftkit.train import train
+
+    if not (Path(teacher) / "ftkit.yaml").is_file() or not (Path(teacher) / "metrics.json").is_file():
+        raise UsageError(f"{teacher}: not a finished ftkit run dir (the teacher must be one)")
+    target = locate(teacher)
+    if target.task.name not in ("cls", "tag"):
+        raise UsageError(f"{teacher}: a {target.task.name} run; distillation covers cls and tag runs")
+    if not output:
+        raise UsageError("no run directory: pass --output RUN_DIR")
+    base = target.cfg.to_dict()
+    for key in ("output", "method"):  # the student's own: a new method (default full) with its own defaults
+        base.pop(key)
+    base["train"].pop("lr")
+    base["model"] = {"name": student_model(target, student)}
+    base["distill"] = {"teacher": str(target.path.resolve())}
+    if unlabelled:
+        base["data"] |= with_unlabelled(target, unlabelled)
+    cfg = config_mod.build(config_mod.merge_layers([
+        (f"teacher {teacher}", base), ("command-line flags", {"method": "full", "output": output, **(flags or {})}),
+        ("--set", config_mod.parse_set(sets or []))]))
+    return train(cfg, **train_kw)
+
+
+def student_model(target, student: str | None) -> str:
+    """``layers=N`` (default: half the teacher's layers) -> a cached checkpoint of the teacher with N layers kept;
+    anything else is a model name or checkpoint dir, used as it is."""
+    if student and not student.startswith("layers="):
+        return student
+    layers = json.loads((target.path / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+    if student is None:
+        if not layers or layers < 2:
+            raise UsageError(f"{target.path}: cannot tell how many layers it has; pass --student layers=N or MODEL")
+        keep = layers // 2
+    else:
+        value = student.partition("=")[2]
+        if not value.isdigit():
+            raise UsageError(f"--student {student}: expected layers=N (N a whole number) or a model")
+        keep = int(value)
+        if layers and not 1 <= keep < layers:
+            raise UsageError(f"--student {student}: the teacher has {layers} layers; keep 1 to {layers - 1}")
+    return str(layers_dropped(target, keep))
+
+
+def layers_dropped(target, keep: int) -> Path:
+    """The teacher (adapter merged, full precision) with ``keep`` layers, cached by the teacher's weights."""
+    from ftkit.distillation import drop_layers
+    from ftkit.runs import load_trained, merged
+
+    digest = hashlib.sha256(str(keep).encode())
+    for f in sorted(target.path.glob("*.safetensors")) + [target.path / "config.json"]:
+        digest.update(f.read_bytes())
+    out = catalog.cache_dir() / "students" / digest.hexdigest()[:24]
+    if not (out / "config.json").is_file():
+        loaded = load_trained(target, quant="none")
+        model = merged(loaded)
+        drop_layers(model, keep)
+        mine = out.with_name(f"{out.name}.{os.getpid()}")
+        shutil.rmtree(mine, ignore_errors=True)
+        model.save_pretrained(mine)
+        loaded.tokenizer.save_pretrained(mine)
+        try:
+            os.replace(mine, out)
+        except OSError:  # another process got there first
+            shutil.rmtree(mine, ignore_errors=True)
+    return out
+
+
+def with_unlabelled(target, unlabelled: str) -> dict:
+    """The teacher's training rows plus ``unlabelled`` texts with the teacher's predictions as their labels, and its
+    evaluation rows (its own held-out split when it had no eval file) -> data.train / data.eval for the student."""
+    from ftkit.data import held_out_split, read_table
+    from ftkit.inference import predict
+    from ftkit.runs import load_trained
+
+    cfg, task = target.cfg, target.task
+    texts = _texts(unlabelled)
+    train_table = read_table(cfg.data.train)
+    if cfg.data.eval:
+        eval_table = read_table(cfg.data.eval)
+    else:
+        kept, held = held_out_split(train_table, cfg.data.eval_fraction, cfg.train.seed)
+        train_table, eval_table = train_table.select(kept), train_table.select(held)
+    loaded = load_trained(target)
+    pseudo = predict(loaded, texts=texts, file=None, sets=[])
+    rows = _rows(train_table) + [_labelled(task, cfg, text, p) for text, p in zip(texts, pseudo)]
+    key = hashlib.sha256(json.dumps([str(target.path.resolve()), unlabelled, len(rows)]).encode()).hexdigest()[:16]
+    folder = catalog.cache_dir() / "distill-data" / key
+    write_text(folder / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(folder / "eval.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _rows(eval_table)))
+    return {"train": str(folder / "train.jsonl"), "eval": str(folder / "eval.jsonl"), "format": "auto"}
+
+
+def _texts(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--unlabelled {path}: no such file")
+    if file.suffix == ".txt":
+        texts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from ftkit.data import read_table
+
+        texts = [str(t) for t in read_table(path).text_column("text", "text")]
+    if not texts:
+        raise UsageError(f"--unlabelled {path}: no text in it")
+    return texts
+
+
+def _rows(table) -> list[dict]:
+    names = list(table.columns)
+    return [dict(zip(names, values)) for values in zip(*(table.columns[n] for n in names))]
+
+
+def _labelled(task, cfg, text: str, prediction: dict) -> dict:
+    col = cfg.data.columns
+    if task.name == "cls":
+        return {col.get("text", "text"): text, col.get("label", "label"): prediction["label"]}
+    tagged = [(w, t) for w, t in zip(prediction["tokens"], prediction["tags"]) if t is not None]  # cut words: none
+    return {col.get("tokens", "tokens"): [w for w, _ in tagged], col.get("tags", "tags"): [t for _, t in tagged]}
