@@ -305,7 +305,7 @@ def env(
         typer.echo(envinfo.render(info))
 
 
-import ftkit.cli_after  # noqa: E402, F401 — registers serve, ui and distill after this module's commands
+import ftkit.cli_after  # noqa: E402, F401 — registers serve, ui, distill and prune after this module's commands
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The commands for what comes after training: serve, ui, distill. Registered on ``cli_common.app`` when
+"""The commands for what comes after training: serve, ui, distill, prune. Registered on ``cli_common.app`` when
 ``ftkit.cli`` runs; like every command, heavy imports happen inside them."""
 
 from __future__ import annotations
@@ -91,4 +91,37 @@ def distill(
              "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "seed": seed}}
     summary = run_distill(teacher, output, student, unlabelled, drop_none(flags), set_ or [], overwrite=overwrite,
                           resume=resume, quiet=quiet)
+    summarise(summary, output)
+
+
+@app.command()
+@guarded
+def prune(
+    run: Annotated[str, typer.Argument(help="A finished cls or tag run dir.")],
+    output: Annotated[Optional[str], typer.Option(help="Run directory to write (the pruned model).")] = None,
+    ffn: Annotated[float, typer.Option(help="Share of each layer's feed-forward neurons to remove (the same count "
+                                            "in every layer).")] = 0.0,
+    layers: Annotated[int, typer.Option(help="Whole layers to remove (the least important).")] = 0,
+    heads: Annotated[Optional[float], typer.Option(help="Attention heads: refused, with the reason.")] = None,
+    samples: Annotated[int, typer.Option(help="Training rows the importance is measured on.")] = 256,
+    distil: Annotated[bool, typer.Option("--distil", help="Recover by distillation from the unpruned run.")] = False,
+    epochs: Annotated[Optional[float], typer.Option(help="Recovery passes over the training data (default 1).")]
+    = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Recovery: stop after N optimizer steps.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Recovery learning rate (default: full fine-tuning's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per forward pass.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and the final summary only.")] = False,
+    set_: Sets = None,
+    debug: Debug = False,
+):
+    """Structured pruning: remove the least important layers and feed-forward neurons of a cls or tag run
+    (importance: the loss's sensitivity to each unit, measured on its training rows), then a short recovery
+    fine-tuning. The result is a plain, smaller transformers checkpoint in an ordinary run dir."""
+    from ftkit.prune import prune as run_prune
+
+    flags = {"train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "seed": seed}}
+    summary = run_prune(run, output, ffn=ffn, layers=layers, heads=heads, samples=samples, distil=distil,
+                        flags=drop_none(flags), sets=set_ or [], overwrite=overwrite, quiet=quiet)
     summarise(summary, output)

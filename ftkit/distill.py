@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 from ftkit import catalog
@@ -69,25 +67,16 @@ def student_model(target, student: str | None) -> str:
 def layers_dropped(target, keep: int) -> Path:
     """The teacher (adapter merged, full precision) with ``keep`` layers, cached by the teacher's weights."""
     from ftkit.distillation import drop_layers
-    from ftkit.runs import load_trained, merged
+    from ftkit.runs import derived_checkpoint, load_trained, merged, weight_files
 
-    digest = hashlib.sha256(str(keep).encode())
-    for f in sorted(target.path.glob("*.safetensors")) + [target.path / "config.json"]:
-        digest.update(f.read_bytes())
-    out = catalog.cache_dir() / "students" / digest.hexdigest()[:24]
-    if not (out / "config.json").is_file():
+    def build(folder: Path) -> None:
         loaded = load_trained(target, quant="none")
         model = merged(loaded)
         drop_layers(model, keep)
-        mine = out.with_name(f"{out.name}.{os.getpid()}")
-        shutil.rmtree(mine, ignore_errors=True)
-        model.save_pretrained(mine)
-        loaded.tokenizer.save_pretrained(mine)
-        try:
-            os.replace(mine, out)
-        except OSError:  # another process got there first
-            shutil.rmtree(mine, ignore_errors=True)
-    return out
+        model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+
+    return derived_checkpoint("students", weight_files(target), f"layers={keep}", build)
 
 
 def with_unlabelled(target, unlabelled: str) -> dict:

@@ -109,21 +109,13 @@ def distilling_loss(teacher, params, tagging: bool):
 
 
 def drop_layers(model, keep: int) -> list[int]:
-    """Keep ``keep`` evenly spaced transformer layers of ``model`` (the top one included, as DistilBERT kept every
-    other layer), in place; -> the kept indices. The config's layer count follows."""
-    import torch.nn as nn
+    """Keep ``keep`` evenly spaced transformer layers of ``model`` (the top one included), in place; -> the kept
+    indices."""
+    from ftkit.pruning import evenly_spaced, keep_layers
 
     n = model.config.num_hidden_layers
     if not 1 <= keep < n:
         raise UsageError(f"--student layers={keep}: the teacher has {n} layers; keep 1 to {n - 1}")
-    name, layers = next(((name, m) for name, m in model.named_modules()
-                         if isinstance(m, nn.ModuleList) and len(m) == n), (None, None))
-    if layers is None:
-        raise UsageError(f"{type(model).__name__}: cannot find its {n} transformer layers to drop some")
-    kept = [round((i + 1) * n / keep) - 1 for i in range(keep)]
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, nn.ModuleList([layers[i] for i in kept]))
-    model.config.num_hidden_layers = keep
-    if isinstance(getattr(model.config, "layer_types", None), list):
-        model.config.layer_types = [model.config.layer_types[i] for i in kept]
+    kept = evenly_spaced(n, keep)
+    keep_layers(model, kept)
     return kept

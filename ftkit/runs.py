@@ -140,10 +140,6 @@ def base_model_path(name: str) -> Path:
 def merged_run(run: Path) -> Path:
     """A finished adapter run dir merged into a full-precision copy of its base, cached by the adapter's content.
     Concurrent ranks each write their own copy and the first rename wins."""
-    import hashlib
-    import os
-    import shutil
-
     from ftkit import config as config_mod
     from ftkit.methods import METHODS
 
@@ -153,16 +149,37 @@ def merged_run(run: Path) -> Path:
     if not method.mergeable:
         raise UsageError(f"{run}: method {method.name} adds virtual tokens and cannot be merged into its base, so "
                          "the run cannot be a base model; pre-train with lora, dora, ia3 or full")
-    digest = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "config.json"):
-        digest.update((run / name).read_bytes())
-    out = catalog.cache_dir() / "merged" / digest.hexdigest()[:24]
+
+    def build(folder: Path) -> None:
+        loaded = load_trained(str(run), quant="none")
+        merged(loaded).save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+
+    sources = [run / name for name in ("adapter_config.json", "adapter_model.safetensors", "config.json")]
+    return derived_checkpoint("merged", sources, "", build)
+
+
+def weight_files(target: Target) -> list[Path]:
+    """The files a run's weights live in (for cache keys of what is derived from them)."""
+    return sorted(target.path.glob("*.safetensors")) + [target.path / "config.json"]
+
+
+def derived_checkpoint(kind: str, sources: list[Path], salt: str, build) -> Path:
+    """A checkpoint ``build(folder)`` makes from ``sources`` (a run's weights), cached in $FTKIT_CACHE/``kind`` by
+    their content and ``salt`` (the build's settings). Concurrent processes each build their own copy under a
+    temporary name; the first rename wins."""
+    import hashlib
+    import os
+    import shutil
+
+    digest = hashlib.sha256(salt.encode())
+    for f in sources:
+        digest.update(f.read_bytes())
+    out = catalog.cache_dir() / kind / digest.hexdigest()[:24]
     if not (out / "config.json").is_file():
         mine = out.with_name(f"{out.name}.{os.getpid()}")
         shutil.rmtree(mine, ignore_errors=True)
-        loaded = load_trained(str(run), quant="none")
-        merged(loaded).save_pretrained(mine)
-        loaded.tokenizer.save_pretrained(mine)
+        build(mine)
         try:
             os.replace(mine, out)
         except OSError:  # another process got there first

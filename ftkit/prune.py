@@ -1,0 +1,106 @@
+"""`ftkit prune`: a finished cls or tag run made smaller — its least important layers and feed-forward neurons
+removed (``pruning``), then a short recovery fine-tuning through the ordinary training run. The output is a
+complete run dir of full fine-tuning: a plain transformers checkpoint with fewer parameters, plus ``prune.json``
+(what was removed, parameters before and after)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftkit import config as config_mod
+from ftkit.errors import UsageError
+from ftkit.files import write_text
+
+HEADS_REFUSED = ("--heads: attention heads are not pruned: transformers 5 removed prune_heads, and BERT-style "
+                 "attention takes its head size from hidden_size / num_attention_heads, so fewer heads of the "
+                 "original size cannot be written as a config stock transformers loads; prune --ffn and --layers")
+
+
+def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, heads: float | None = None,
+          samples: int = 256, distil: bool = False, flags: dict | None = None, sets: list[str] | None = None,
+          **train_kw) -> dict:
+    from ftkit.runs import locate
+    from ftkit.train import train
+
+    if heads:
+        raise UsageError(HEADS_REFUSED)
+    if not (Path(run) / "ftkit.yaml").is_file() or not (Path(run) / "metrics.json").is_file():
+        raise UsageError(f"{run}: not a finished ftkit run dir")
+    if not output:
+        raise UsageError("no run directory: pass --output RUN_DIR")
+    if not 0 <= ffn < 1:
+        raise UsageError(f"--ffn: got {ffn}, expected the share of feed-forward neurons to remove, in [0, 1)")
+    if layers < 0 or samples < 1:
+        raise UsageError(f"--layers {layers} / --samples {samples}: expected --layers >= 0 and --samples >= 1")
+    if ffn == 0 and layers == 0:
+        raise UsageError("nothing to prune: give --ffn SHARE and/or --layers N")
+    depth = json.loads((Path(run) / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+    if depth and layers >= depth:
+        raise UsageError(f"--layers {layers}: the model has {depth} layers; remove 0 to {depth - 1}")
+    target = locate(run)
+    if target.task.name not in ("cls", "tag"):
+        raise UsageError(f"{run}: a {target.task.name} run; pruning covers cls and tag runs")
+    path, report = pruned(target, ffn, layers, samples)
+    base = target.cfg.to_dict()
+    for key in ("output", "method"):
+        base.pop(key)
+    base["train"].pop("lr")
+    base["model"] = {"name": str(path)}
+    if distil:
+        base["distill"] = {"teacher": str(target.path.resolve())}
+    recovery = {"method": "full", "output": output, "train": {"epochs": 1.0}}
+    cfg = config_mod.build(config_mod.merge_layers([
+        (f"run {run}", base), ("recovery", recovery), ("command-line flags", flags or {}),
+        ("--set", config_mod.parse_set(sets or []))]))
+    summary = train(cfg, **train_kw)
+    if (Path(cfg.output) / "metrics.json").is_file():
+        write_text(Path(cfg.output) / "prune.json", json.dumps(report, indent=2) + "\n")
+    return summary
+
+
+def pruned(target, ffn: float, layers: int, samples: int) -> tuple[Path, dict]:
+    """The run's model (adapter merged) pruned by importance measured on ``samples`` of its training rows; cached by
+    the run's weights and the arguments -> (checkpoint dir, report)."""
+    from ftkit.runs import derived_checkpoint, weight_files
+
+    def build(folder: Path) -> None:
+        from ftkit.pruning import importance, keep_layers, keep_neurons, plan
+        from ftkit.runs import load_trained, merged
+
+        loaded = load_trained(target, quant="none")
+        model = merged(loaded)
+        before = sum(p.numel() for p in model.parameters())
+        width, depth = model.config.intermediate_size, model.config.num_hidden_layers
+        neurons, layer_scores = importance(model, scoring_batches(loaded, samples))
+        kept_layers, kept_neurons = plan(neurons, layer_scores, ffn, layers)
+        keep_layers(model, kept_layers)
+        keep_neurons(model, kept_neurons)
+        report = {"run": str(target.path.resolve()), "ffn_removed": ffn, "layers_removed": layers,
+                  "samples": samples, "layers": {"before": depth, "kept": kept_layers,
+                                                 "importance": [round(v, 8) for v in layer_scores]},
+                  "intermediate_size": {"before": width, "after": model.config.intermediate_size},
+                  "parameters": {"before": before, "after": sum(p.numel() for p in model.parameters())}}
+        model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        write_text(folder / "prune.json", json.dumps(report, indent=2) + "\n")
+
+    out = derived_checkpoint("pruned", weight_files(target), json.dumps([ffn, layers, samples]), build)
+    return out, json.loads((out / "prune.json").read_text(encoding="utf-8"))
+
+
+def scoring_batches(loaded, samples: int, batch_size: int = 16) -> list[dict]:
+    """Batches of the run's own training rows (not its held-out ones), with their gold labels."""
+    from ftkit.data import held_out_split, read_table
+    from ftkit.inference import model_labels, settings
+
+    cfg, task = settings(loaded, []), loaded.task
+    table = read_table(cfg.data.train)
+    rows = list(range(len(table))) if cfg.data.eval else held_out_split(table, cfg.data.eval_fraction,
+                                                                        cfg.train.seed)[0]
+    rows = rows[:samples]
+    targets = task.targets(table, cfg, model_labels(loaded.model))
+    enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
+    feats = task.features(enc, targets, rows, cfg, training=False)
+    collate = task.collator(loaded.tokenizer, cfg)
+    return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
