@@ -57,11 +57,12 @@ def resolve(cfg: config_mod.Config, task, method, run_dir: Path | None, model_co
     (``config.resolve``) plus what ftkit decides from the method, the base model and the data — the learning rate
     left unset (the method's default), data.max_length (``max_length``, within the model's positions),
     train.group_by_length left unset (grouped unless the batches will be packed, which leave no padding to cut), and
-    absolute paths. This is what ftkit.yaml holds: training it again decides nothing anew."""
+    absolute paths (data, model, teacher). This is what ftkit.yaml holds: training it again decides nothing anew."""
     R = dataclasses.replace
     cfg = R(cfg, train=R(cfg.train, lr=cfg.train.lr or method.default_lr),
             data=R(cfg.data, train=_absolute(cfg.data.train), eval=_absolute(cfg.data.eval), max_length=max_length),
-            model=R(cfg.model, name=_absolute(cfg.model.name)), output=str(run_dir.resolve()) if run_dir else None)
+            model=R(cfg.model, name=_absolute(cfg.model.name)), distill=R(cfg.distill, teacher=_absolute(
+                cfg.distill.teacher)), output=str(run_dir.resolve()) if run_dir else None)
     if cfg.train.group_by_length is None:
         packed = task.packs(model_config, cfg, bool(method.virtual_tokens(cfg.method_params)))
         cfg = R(cfg, train=R(cfg.train, group_by_length=not packed))
