@@ -127,7 +127,7 @@ def main() -> None:
                     ftkit("export", run, "--format", "onnx", "--int8", "--output", onnx)
                     rows.setdefault((data, name), []).append(measure(run, onnx))
                     print(data, seed, name, rows[(data, name)][-1], flush=True)
-    write(args, rows)
+                    write(args, rows)  # after every model: a stopped study keeps what it measured
 
 
 def _mean(values: list[float], digits: int = 4) -> str:

@@ -352,9 +352,10 @@ def validate(cfg: Config) -> None:
     _check(0 <= k.alpha <= 1, "distill.alpha", k.alpha, "a number in [0, 1]")
     _check(k.temperature > 0, "distill.temperature", k.temperature, "a number > 0")
     _check(k.hidden_weight >= 0, "distill.hidden_weight", k.hidden_weight, "a number >= 0")
-    _check(k.teacher is None or cfg.task_name in ("cls", "tag"), "distill.teacher", k.teacher,
-           f"unset for task {cfg.task_name} (distillation covers cls and tag)")
     task = TASKS.get(cfg.task_name)
+    _check(k.teacher is None or task.compressible, "distill.teacher", k.teacher,
+           f"unset for task {cfg.task_name} (distillation covers "
+           f"{', '.join(n for n in TASKS.names() if TASKS.get(n).compressible)})")
     roles = set(task.columns)
     _reject_unknown(d.columns, roles, "data.columns.")
     for role, col in d.columns.items():

@@ -26,8 +26,9 @@ def distill(teacher: str, output: str | None, student: str | None = None, unlabe
     if not (Path(teacher) / "ftkit.yaml").is_file() or not (Path(teacher) / "metrics.json").is_file():
         raise UsageError(f"{teacher}: not a finished ftkit run dir (the teacher must be one)")
     target = locate(teacher)
-    if target.task.name not in ("cls", "tag"):
-        raise UsageError(f"{teacher}: a {target.task.name} run; distillation covers cls and tag runs")
+    if not target.task.compressible:
+        raise UsageError(f"{teacher}: a {target.task.name} run; distillation covers cls and tag runs (tasks whose "
+                         "model scores classes)")
     if not output:
         raise UsageError("no run directory: pass --output RUN_DIR")
     base = target.cfg.to_dict()

@@ -78,7 +78,7 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]
     return [(i, round(i * teacher_layers / student_layers)) for i in range(1, student_layers + 1)]
 
 
-def distilling_loss(teacher, params, tagging: bool):
+def distilling_loss(teacher, params):
     """The training loss (model, batch) -> scalar for the loop (``Batching.loss``)."""
     import torch
     import torch.nn.functional as F
@@ -91,7 +91,7 @@ def distilling_loss(teacher, params, tagging: bool):
         with torch.no_grad():
             ref = teacher(**inputs, output_hidden_states=hidden_weight > 0)
         student, target = out.logits.float(), ref.logits.float()
-        if tagging:  # only the tokens that carry a tag (first sub-words); -100 marks the others
+        if student.dim() == 3:  # per token (tagging): only the tokens that carry a label; -100 marks the others
             keep = batch["labels"] != IGNORE
             student, target = student[keep], target[keep]
         kl = F.kl_div(F.log_softmax(student / temp, -1), F.log_softmax(target / temp, -1), log_target=True,

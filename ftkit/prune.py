@@ -39,8 +39,9 @@ def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, he
     if depth and layers >= depth:
         raise UsageError(f"--layers {layers}: the model has {depth} layers; remove 0 to {depth - 1}")
     target = locate(run)
-    if target.task.name not in ("cls", "tag"):
-        raise UsageError(f"{run}: a {target.task.name} run; pruning covers cls and tag runs")
+    if not target.task.compressible:
+        raise UsageError(f"{run}: a {target.task.name} run; pruning covers cls and tag runs (tasks whose model "
+                         "scores classes)")
     path, report = pruned(target, ffn, layers, samples)
     base = target.cfg.to_dict()
     for key in ("output", "method"):

@@ -171,7 +171,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         from ftkit.distillation import distilling_loss, load_teacher
 
         batches = dataclasses.replace(batches, loss=distilling_loss(
-            load_teacher(cfg, task, accelerator.device), cfg.distill, tagging=task.name == "tag"))
+            load_teacher(cfg, task, accelerator.device), cfg.distill))
     with cpu_kernels(model, cfg.train.precision):
         check_forward(model, batches.collate(eval_features[:1]), task,
                       f"method {cfg.method_name!r} on {cfg.model.name} ({architecture})")

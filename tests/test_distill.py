@@ -39,7 +39,7 @@ def test_the_loss_is_alpha_t2_kl_plus_the_gold_cross_entropy():
             return SimpleNamespace(logits=self.logits, loss=loss)
 
     batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3), "labels": labels}
-    got = distilling_loss(Fixed(t_logits), DistillConfig(alpha=0.7, temperature=3.0), tagging=False)(
+    got = distilling_loss(Fixed(t_logits), DistillConfig(alpha=0.7, temperature=3.0))(
         Fixed(s_logits), batch)
     # by hand: KL(p_t || p_s) at T = 3, averaged over the 2 rows, times T^2; CE on the gold labels
     want_kl = 0.0
@@ -123,7 +123,7 @@ def test_bad_input_is_refused_before_weights_load(teacher, tiny_model, tiny_caus
              (["distill", teacher, "--output", tmp_path / "f", "--set", "distill.alpha=2"], "distill.alpha"),
              (["distill", teacher, "--output", tmp_path / "g", "--unlabelled", tmp_path / "none.txt"], "no such file"),
              (["train", "--task", "gen", "--model", tiny_causal, "--data", copy_data["train"], "--output",
-               tmp_path / "h", "--set", f"distill.teacher={teacher}"], "distillation covers cls and tag")]
+               tmp_path / "h", "--set", f"distill.teacher={teacher}"], "distillation covers cls, tag")]
     for args, message in cases:
         result = cli(*args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)

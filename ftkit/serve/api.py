@@ -168,7 +168,7 @@ def build_app(state: State, lifespan=None) -> FastAPI:
             _check_text(state, m["content"], f"messages.{i}.content", empty_ok=True)
         text, chat_rendered = s.task.chat_prompt(s.loaded.tokenizer, messages, s.cfg)
         ids = s.loaded.tokenizer(text, add_special_tokens=not chat_rendered)["input_ids"]
-        req = _gen_request(s, body, ids, body.max_completion_tokens or body.max_tokens)
+        req = _gen_request(s, body, ids, body.max_completion_tokens or body.max_tokens, "messages")
         return await _answer(state, s, body, req, "chat.completion")
 
     @app.post("/v1/completions")
@@ -182,7 +182,7 @@ def build_app(state: State, lifespan=None) -> FastAPI:
             prompt = prompt[0]
         _check_text(state, prompt, "prompt")
         ids = s.loaded.tokenizer(prompt)["input_ids"]
-        req = _gen_request(s, body, ids, body.max_tokens)
+        req = _gen_request(s, body, ids, body.max_tokens, "prompt")
         return await _answer(state, s, body, req, "text_completion")
 
     return app
@@ -216,7 +216,8 @@ def _check_text(state: State, text: str, where: str, empty_ok: bool = False) -> 
                             "(--max-input-chars)", param=where, code="input_too_long")
 
 
-def _gen_request(s: Served, body: Sampling, ids: list[int], max_tokens: int | None) -> GenRequest:
+def _gen_request(s: Served, body: Sampling, ids: list[int], max_tokens: int | None, prompt: str) -> GenRequest:
+    """``prompt``: the request field the prompt came from (messages, prompt), for errors about its length."""
     if body.n != 1:
         raise ApiError(400, f"n: {body.n}; this server returns one choice per request (n=1)", param="n")
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -225,12 +226,12 @@ def _gen_request(s: Served, body: Sampling, ids: list[int], max_tokens: int | No
     room = s.context
     if room is not None and len(ids) >= room:
         raise ApiError(400, f"the prompt is {len(ids)} tokens; this model takes at most {room} (prompt and "
-                            "completion together)", param="messages", code="context_length_exceeded")
+                            "completion together)", param=prompt, code="context_length_exceeded")
     left = room - len(ids) if room is not None else UNBOUNDED_MAX_TOKENS
     if max_tokens is not None and max_tokens > left:
-        raise ApiError(400, f"max_tokens: {max_tokens}, but this model takes {room or 'no more than'} tokens and the "
-                            f"prompt uses {len(ids)}, leaving {left}", param="max_tokens",
-                       code="context_length_exceeded")
+        why = (f"this model takes {room} tokens and the prompt uses {len(ids)}, leaving {left}" if room is not None
+               else f"at most {left} new tokens per request here")
+        raise ApiError(400, f"max_tokens: {max_tokens}, but {why}", param="max_tokens", code="context_length_exceeded")
     task = s.cfg.task  # unset sampling settings: the run's own (task.do_sample, temperature, top_p, max_new_tokens)
     temperature = body.temperature if body.temperature is not None else \
         (task["temperature"] if task["do_sample"] else 0.0)

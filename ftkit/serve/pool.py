@@ -30,7 +30,7 @@ class Served:
     loaded: Loaded | None = None  # the model may be shared with other adapter runs
     adapter: str | None = None  # the peft adapter to switch to, on a shared base
     cfg: object = None  # settings for prediction (the run's config, data.max_length resolved)
-    context: int | None = None  # gen: positions for prompt + new tokens (None: unbounded)
+    context: int | None = None  # positions for the input (gen: prompt + new tokens; None: unbounded)
     shares_with: str | None = None  # the served model whose base weights this one uses
 
     @property
@@ -98,8 +98,7 @@ def load(served: list[Served], log=print) -> None:
             s.loaded = Loaded(owner.loaded.model, tokenizer, s.task, s.target.cfg, s.target.path)
             s.shares_with = owner.name
         s.cfg = settings(s.loaded, [])
-        if s.task.name == "gen":
-            s.context = input_room(s.cfg, s.loaded.model.config, s.loaded.tokenizer, s.target.path)
+        s.context = input_room(s.cfg, s.loaded.model.config, s.loaded.tokenizer, s.target.path)
         log(f"loaded {s.name}: {s.task.name} from {s.target.path}" +
             (f" (sharing the base model of {s.shares_with})" if s.shares_with else ""))
 
