@@ -42,7 +42,8 @@ def variants(data: str, seed: int, epochs: float, root: Path) -> dict[str, Path]
     ftkit("train", "--task", task, "--method", "full", "--model", "minilm", "--data", data, *common,
           "--output", runs["teacher"])
     runs["pruned ffn 30%"] = root / "prune-a"
-    ftkit("prune", runs["teacher"], "--ffn", 0.3, "--seed", seed, "--batch-size", 32, "--output", runs["pruned ffn 30%"])
+    ftkit("prune", runs["teacher"], "--ffn", 0.3, "--seed", seed, "--batch-size", 32,
+          "--output", runs["pruned ffn 30%"])
     runs["pruned ffn 50% + 2 layers"] = root / "prune-b"
     ftkit("prune", runs["teacher"], "--ffn", 0.5, "--layers", 2, "--seed", seed, "--batch-size", 32,
           "--output", runs["pruned ffn 50% + 2 layers"])
