@@ -80,10 +80,16 @@ def shot(driver, name: str) -> Path:
 
 
 def wait_for(condition, timeout: float = 60, every: float = 0.5):
+    """Poll ``condition`` until it holds; an element replaced under it (the page navigated) means: not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if value := condition():
-            return value
+        try:
+            if value := condition():
+                return value
+        except StaleElementReferenceException:
+            pass
         time.sleep(every)
     raise AssertionError("timed out")
 
@@ -147,7 +153,7 @@ def test_a_sweep_shows_its_leaderboard_with_links_to_trials(dashboard, browser):
     board = browser.find_element(By.ID, "leaderboard")
     assert len(board.find_elements(By.CSS_SELECTOR, "tbody tr")) == 2
     board.find_element(By.LINK_TEXT, "trial-001").click()
-    assert "Run trial-001" in browser.title
+    wait_for(lambda: "Run trial-001" in browser.title)
     shot(browser, "sweep-trial")
 
 
@@ -178,7 +184,8 @@ def test_launch_validates_the_form_then_runs_to_the_end(dashboard, browser, fold
     assert "held-out:" in log and (folder / "from-the-page" / "metrics.json").is_file()
     shot(browser, "job")
     browser.find_element(By.LINK_TEXT, "open the run").click()
-    assert "finished" in browser.find_element(By.TAG_NAME, "main").text
+    wait_for(lambda: "Run from-the-page" in browser.title)
+    assert "finished" in browser.find_element(By.CSS_SELECTOR, "main .status").text
 
 
 def test_a_launched_run_stops_with_a_checkpoint_and_resumes_from_the_page(dashboard, browser, folder, tiny_model,
@@ -204,7 +211,7 @@ def test_a_launched_run_stops_with_a_checkpoint_and_resumes_from_the_page(dashbo
     browser.find_element(By.XPATH, "//button[starts-with(., 'resume')]").click()
     wait_for(lambda: "Job" in browser.title)
     wait_for(lambda: "resum" in browser.find_element(By.ID, "log").text.lower(), timeout=120)
-    assert browser.find_element(By.ID, "job-status").text == "running"
+    wait_for(lambda: browser.find_element(By.ID, "job-status").text == "running")
     browser.find_element(By.ID, "stop").click()
     wait_for(lambda: browser.find_element(By.ID, "job-status").text.startswith("stopped"), timeout=120)
 
