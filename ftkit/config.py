@@ -78,14 +78,12 @@ class TrainConfig:
 
 @dataclass
 class DistillConfig:
-    teacher: str | None = _f(None, "A finished cls or tag run to learn from (`ftkit distill`): the student learns the "
-                                   "teacher's temperature-softened outputs along with the gold labels.")
+    teacher: str | None = _f(None, "A finished cls or tag run whose softened outputs the student learns along with "
+                                   "the gold labels (`ftkit distill`).")
     alpha: float = _f(0.5, "Weight of the distillation term (KL to the teacher); 1 - alpha weighs the gold labels.")
-    temperature: float = _f(2.0, "Softening temperature of both models' outputs (the KL term is scaled by its "
-                                 "square, as in Hinton et al. 2015).")
-    hidden_weight: float = _f(0.0, "Weight of matching hidden states: MSE between each student layer and the "
-                                   "teacher layer it maps to (evenly spaced); student and teacher of equal width. "
-                                   "0: off.")
+    temperature: float = _f(2.0, "Softening temperature of both models' outputs (the KL is scaled by its square).")
+    hidden_weight: float = _f(0.0, "Weight of matching hidden states (MSE, each student layer to the teacher layer "
+                                   "it maps to; equal widths). 0: off.")
 
 
 DEFAULT_MAX_LENGTH = 128
