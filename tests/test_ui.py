@@ -252,3 +252,20 @@ def test_launching_is_off_unless_asked_and_live_pages_refresh(folder, tmp_path):
 def test_a_missing_folder_is_refused(cli, tmp_path):
     result = cli("ui", tmp_path / "nope")
     assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_a_running_taggers_best_is_its_entity_f1(tmp_path):
+    """Before metrics.json names it, the main metric of a running run is read from its evaluations: a tagger reports
+    token accuracy too, but its main metric is entity F1."""
+    import json
+
+    from ftkit.ui.runs import read_run
+
+    run = tmp_path / "ner"
+    run.mkdir()
+    (run / "ftkit.yaml").write_text("task: {name: tag}\nmethod: {name: lora}\n")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"type": "eval", "step": s, "eval_accuracy": a,
+                                                           "eval_entity_f1": f}) + "\n"
+                                               for s, a, f in ((5, 0.9, 0.4), (10, 0.95, 0.3))))
+    r = read_run("0/ner", run)
+    assert r.status == "running" and r.main_metric == "entity_f1" and r.best == 0.4 and r.steps == 10

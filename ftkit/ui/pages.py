@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import yaml
 
+from ftkit.config import flatten
 from ftkit.ui.runs import Run, Sweep, curves
 from ftkit.ui.svg import line_chart
 
@@ -192,16 +193,6 @@ def run_page(run: Run, files: list[tuple[str, int]], allow_launch: bool) -> str:
     return page(f"Run {run.path.name}", "".join(body), allow_launch)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def compare_page(runs: list[Run], allow_launch: bool) -> str:
     names = [f"{r.path.name} ({r.key})" if sum(x.path.name == r.path.name for x in runs) > 1 else r.path.name
              for r in runs]
@@ -210,7 +201,7 @@ def compare_page(runs: list[Run], allow_launch: bool) -> str:
               line_chart("eval loss", {n: c["loss"].get("eval loss", []) for n, c in zip(names, per)})]
     metrics = sorted({m for c in per for m in c["evaluation"]})
     charts += [line_chart(m, {n: c["evaluation"].get(m, []) for n, c in zip(names, per)}) for m in metrics]
-    flat = [_flat(r.config) for r in runs]
+    flat = [flatten(r.config) for r in runs]
     keys = sorted({k for f in flat for k in f if k != "output"})
     differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
     head = "<tr><th>key</th>" + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>"

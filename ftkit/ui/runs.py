@@ -125,7 +125,10 @@ def read_run(key: str, path: Path, jobs: dict[Path, bool] | None = None) -> Run 
     evals = [r for r in recs if r.get("type") == "eval"]
     trains = [r for r in recs if r.get("type") == "train"]
     if evals:
-        metric = next((k[5:] for k in ("eval_accuracy", "eval_f1", "eval_perplexity") if k in evals[-1]), None)
+        # metrics.json (which names the main metric) is written at the end; until then, the tasks' main metrics in
+        # the order that tells them apart (a tagger reports accuracy too, its main metric is entity F1 when it has one)
+        metric = next((k[5:] for k in ("eval_entity_f1", "eval_accuracy", "eval_perplexity") if k in evals[-1]),
+                      None)
         if metric:
             values = [r[f"eval_{metric}"] for r in evals]
             run.main_metric = metric
