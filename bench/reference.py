@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--output", default="/tmp/ftkit-bench-reference")
     a = ap.parse_args()
 
@@ -109,7 +110,8 @@ def main() -> None:
         learning_rate=a.lr, num_train_epochs=1, warmup_steps=0.06,  # a float is a ratio in transformers 5
         weight_decay=0.01, max_grad_norm=1.0,
         lr_scheduler_type="linear", eval_strategy="no", save_strategy="no", logging_strategy="no",
-        report_to="none", seed=a.seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
+        report_to="none", seed=a.seed, bf16=a.precision == "bf16", fp16=a.precision == "fp16",
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                       compute_metrics=metric, callbacks=[StepClock()])
     trainer.train()

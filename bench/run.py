@@ -42,6 +42,7 @@ class Workload:
     batch_size: int
     max_length: int
     lr: float
+    precision: str = "fp32"
 
 
 WORKLOADS = {w.name: w for w in [
@@ -106,7 +107,8 @@ def run_ftkit(w: Workload, model: str, train: str, eval_: str, folder: Path, env
         r = _run([sys.executable, "-m", "ftkit", "train", "--task", w.task, "--method", "lora", "--model", model,
                   "--data", train, "--eval-data", eval_, "--output", str(out), "--overwrite", "--epochs", "1",
                   "--batch-size", str(w.batch_size), "--max-length", str(w.max_length), "--lr", str(w.lr),
-                  "--set", "train.log_every=1", *extra], env | ({"FTKIT_CACHE": cache} if fresh_cache else {}),
+                  "--precision", w.precision, "--set", "train.log_every=1", *extra],
+                 env | ({"FTKIT_CACHE": cache} if fresh_cache else {}),
                  folder / f"{w.name}-ftkit.log")
     summary = json.loads((out / "metrics.json").read_text())
     metric = {"cls": "accuracy", "tag": "accuracy", "gen": "perplexity"}[w.task]
@@ -117,7 +119,7 @@ def run_reference(w: Workload, model: str, train: str, eval_: str, folder: Path,
     log = folder / f"{w.name}-reference.log"
     r = _run([sys.executable, str(HERE / "reference.py"), "--task", w.task, "--model", model, "--train", train,
               "--eval", eval_, "--batch-size", str(w.batch_size), "--max-length", str(w.max_length), "--lr",
-              str(w.lr), "--output", str(folder / f"{w.name}-reference-out")], env, log)
+              str(w.lr), "--precision", w.precision, "--output", str(folder / f"{w.name}-reference-out")], env, log)
     result = json.loads([line for line in log.read_text().splitlines() if line.startswith("{")][-1])
     metric = {"cls": "accuracy", "tag": "accuracy", "gen": "perplexity"}[w.task]
     return r | {"metric": result[metric], "peak_gpu_mb": _mb(result.get("peak_gpu_bytes"))}

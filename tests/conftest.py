@@ -58,13 +58,11 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
+def build_tiny_bert(out: Path) -> Path:
     """A 2-layer, 32-wide BERT with a vocabulary of the fixture words. Large init range and no dropout so that
-    even frozen-backbone methods learn something in a few steps."""
+    even frozen-backbone methods learn something in a few steps. (bench/gpu.py builds its models with it too.)"""
     from transformers import BertConfig, BertModel
 
-    out = tmp_path_factory.mktemp("tiny-bert")
     fast = _wordpiece_tokenizer(POSITIVE + NEGATIVE + FILLER + ["john", "mary", "paris", "london"], causal=False)
     fast.save_pretrained(out)
     config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -75,6 +73,11 @@ def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
@@ -186,13 +189,11 @@ def _wordpiece_tokenizer(words: list[str], *, causal: bool):
 GEN_WORDS = POSITIVE + NEGATIVE + FILLER + ["user", "assistant", "what", "word"]
 
 
-@pytest.fixture(scope="session")
-def tiny_causal(tmp_path_factory) -> Path:
+def build_tiny_llama(out: Path) -> Path:
     """A 2-layer Llama with a chat-template tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = tmp_path_factory.mktemp("tiny-llama")
     tok = _wordpiece_tokenizer(GEN_WORDS, causal=True)
     tok.save_pretrained(out)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -202,6 +203,11 @@ def tiny_causal(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_causal(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

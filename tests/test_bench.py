@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import sentiment_rows, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,3 +61,39 @@ def test_parts_time_each_choice_against_its_alternatives(tmp_path, tiny_model):
         assert [len(t) for t in r["times"].values()] == [2, 2] and all(x > 0 for t in r["times"].values() for x in t)
     text = results_md.read_text()
     assert "| LoRA training step, attention (2 batches of 8) | sdpa | eager |" in text and "torch " in text
+
+
+def gpu_sh(*args, env=None, timeout=60):
+    import os
+    import subprocess
+
+    return subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHON": sys.executable, **(env or {})})
+
+
+def test_gpu_script_refuses_bad_arguments(tmp_path):
+    for args in ([], ["run"], ["frobnicate"], ["prepare", "extra"], ["run", tmp_path, "--device", "tpu"]):
+        p = gpu_sh(*args)
+        assert p.returncode == 2 and p.stderr.startswith("usage: bench/gpu.sh"), (args, p.stderr)
+    # the GPU run on a machine without one: one line, exit 2, before anything is built
+    p = gpu_sh("run", tmp_path / "out", "--work", tmp_path / "work", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert p.returncode == 2 and "torch sees no CUDA device" in p.stderr
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.real
+def test_gpu_script_smoke_run_on_cpu(tmp_path):
+    """bench/gpu.sh's --device cpu run: every check runs on the tiny models; CUDA-only paths are refused."""
+    p = gpu_sh("run", tmp_path / "out", "--device", "cpu", "--work", tmp_path / "work", timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    results = {r["check"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["results"]}
+    assert len(results) == 19 and all(r["status"] in ("pass", "skip") for r in results.values())
+    for check in ("lora gen fp16 + grad scaler", "smol gen 4bit QLoRA: memory", "accelerate FSDP, 1 process"):
+        assert results[check]["refused_on_cpu"].startswith("error:")
+    assert results["resume after SIGTERM"]["bit_identical"] is True
+    assert results["export --merge of the 8bit run"]["merge_diff_over_std"] < 1e-3
+    assert results["cls 8bit LoRA + eval/predict"]["head_dtype"] == "float32"
+    for check in ("lora cls fp32", "lora tag bf16", "lora gen fp32"):
+        assert results[check]["loss_last"] < results[check]["loss_first"]
+    assert "| resume after SIGTERM | pass |" in (tmp_path / "out" / "results.md").read_text()
+    assert "$ " in (tmp_path / "out" / "logs.txt").read_text()
