@@ -7,12 +7,19 @@ from pathlib import Path
 
 def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, seconds: float, n_train: int,
                n_eval: int, adapter: bool, auto_class: str, labelled: bool, hub_task: str,
-               load_note: str | None = None) -> str:
+               load_note: str | None = None, baseline: dict | None = None) -> str:
     """The run dir's README.md: what was trained, on what, how well, and how to load it without ftkit. ``base``:
     the base model's public name where it has one (the loading lines then work anywhere), else its path;
-    ``load_note``: what the method says a user must know to load it."""
+    ``load_note``: what the method says a user must know to load it; ``baseline``: a non-neural model's metrics on
+    the same split (ftkit.baseline), shown beside the run's."""
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scalars.items())
+    theirs = baseline or {}
+
+    def cell(v):
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    rows = "\n".join(f"| {k} | {cell(v)} |" + (f" {cell(theirs.get(k))} |" if baseline else "")
+                     for k, v in scalars.items())
     if adapter:  # the base, with the run's label maps (the base's config has none), then the adapter over it
         labels = ("labels = AutoConfig.from_pretrained(RUN_DIR)  # the run's label maps\n" if labelled else "")
         kwargs = (", num_labels=labels.num_labels,\n    id2label=labels.id2label, label2id=labels.label2id"
@@ -49,8 +56,8 @@ Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 
 
 ## Results (best evaluation, step {metrics.get("step", "?")})
 
-| metric | value |
-|---|---|
+{f"| metric | value | {baseline['method']} baseline |" if baseline else "| metric | value |"}
+{"|---|---|---|" if baseline else "|---|---|"}
 {rows}
 
 ## Hyper-parameters

@@ -124,5 +124,9 @@ def summarise(summary: dict, output, start: float | None = None) -> None:
     metrics = {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))}
     typer.echo("held-out: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in metrics.items()))
+    if summary.get("baseline"):
+        base = summary["baseline"]
+        typer.echo(f"baseline ({base['method']}): " + "  ".join(
+            f"{k}={base[k]:.4f}" for k in metrics if isinstance(base.get(k), float)))
     took = f"{time.perf_counter() - start:.0f} s in all, " if start is not None else ""
     typer.echo(f"run dir: {output}  ({took}{summary['train']['seconds']:.0f} s training)")

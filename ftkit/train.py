@@ -125,6 +125,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     from ftkit.plots import curves
     from ftkit.card import model_card
     from ftkit.report import Reporter
+    from ftkit.baseline import behind
 
     check_scale_out(cfg)
     check_quant_training(cfg)
@@ -150,6 +151,9 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                               gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available())
     accelerator.wait_for_everyone()  # every rank has checked the run dir before the main one creates it
     set_seed(cfg.train.seed)  # before the model: the new head's initialisation depends on it
+    # seconds, before the model loads; on the main process, which reports it
+    baseline = task.baseline((train_table, train_targets, train_idx), (eval_table, eval_targets, eval_idx), labels,
+                             cfg) if accelerator.is_main_process else None
     model, tokenizer, base_path, fresh = load_for_training(cfg, task, labels, base_tokenizer)
     train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, model.config, eval_table,
@@ -197,6 +201,9 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
 
     if batches.note:
         reporter.note(batches.note)
+    if baseline:
+        reporter.note(f"baseline ({baseline['method']}, {baseline['seconds']:.1f} s): " + "  ".join(
+            f"{k} {v:.4f}" for k, v in baseline.items() if isinstance(v, float) and k != "seconds"))
     with cpu_kernels(model, cfg.train.precision):
         result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
                             collate=batches.collate, loss_fn=batches.loss, task=task, labels=labels,
@@ -213,6 +220,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                          "trainable_params": trainable, "total_params": total}}
     if torch.cuda.is_available():
         summary["train"]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    if baseline:
+        summary["baseline"] = baseline
+        if behind(summary):
+            reporter.warn(behind(summary))
     if main:
         unwrapped = accelerator.unwrap_model(model)
         for f in result.best_weights.iterdir():  # the best weights become the run's weights
@@ -230,6 +241,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
             cfg, base=catalog.public_name(cfg.model.name) or str(base_path), trainable=trainable, total=total,
             metrics=result.best, seconds=result.train_seconds, n_train=len(train_features), n_eval=len(eval_features),
             adapter=adapter, auto_class=task.model_class(base.config).__name__, labelled=task.labelled,
+            baseline=baseline,
             hub_task=task.hub_task, load_note=method.load_note))
         # Written last: its presence marks the run dir as complete.
         write_text(run_dir / "metrics.json", json.dumps(summary, indent=2))

@@ -246,7 +246,11 @@ def test_quiet_prints_only_the_summary(tmp_path, tiny_model, sentiment):
     result = run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "4", "--set", "train.log_every=1",
                                  "--quiet"))
     assert result.exit_code == 0, result.output
-    assert [line.split(":")[0] for line in result.output.splitlines()] == ["held-out", "run dir"]
+    # a warning (4 steps leave the model below its baseline), then the summary: the run's figures, the baseline's
+    lines = result.output.splitlines()
+    assert len(lines) == 4 and "is below the tf-idf + logistic regression baseline's" in lines[0]
+    assert [line.split(":")[0] for line in lines[1:]] == ["held-out", "baseline (tf-idf + logistic regression)",
+                                                          "run dir"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 5  # 4 steps + the final evaluation
 
 

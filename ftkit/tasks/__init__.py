@@ -57,6 +57,11 @@ class Task:
         """One target per row; a gold label not in ``labels`` becomes ``_common.UNSEEN``."""
         raise NotImplementedError
 
+    def baseline(self, train: tuple, held_out: tuple, labels: list[str], cfg) -> dict | None:
+        """A cheap non-neural model's held-out metrics on the same split, to report beside the run's; ``train`` and
+        ``held_out`` are (table, targets, row indices). Default: none."""
+        return None
+
     def unseen_labels(self, table, cfg, labels: list[str]) -> dict[str, int]:
         """Gold labels of ``table`` the model was not trained on, with their counts. Default: none (no labels)."""
         return {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ftkit.data import to_features
 from ftkit.errors import UsageError
@@ -14,7 +14,9 @@ from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, 
 
 @dataclass
 class ClsParams:
-    """cls has no task-specific parameters yet (columns are under data.columns)."""
+    baseline: bool = field(default=True, metadata={
+        "help": "Also fit a TF-IDF + logistic regression baseline on the same split (seconds, before training) and "
+                "report it beside the model's held-out metrics: summary, metrics.json, model card."})
 
 
 @TASKS.register("cls")
@@ -65,6 +67,25 @@ class Classification(LabelledTask):
         text, pair = self.texts(table, cfg)
         enc = tokenizer(text, pair, truncation=True, max_length=cfg.data.max_length)
         return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
+
+    def baseline(self, train: tuple, held_out: tuple, labels: list[str], cfg) -> dict | None:
+        if not cfg.task["baseline"]:
+            return None
+        from ftkit.baseline import NAME, fit_and_score
+
+        def joined(table, idx):
+            text, pair = self.texts(table, cfg)
+            return [text[i] if pair is None else f"{text[i]} {pair[i]}" for i in idx]
+
+        (table, targets, idx), (eval_table, eval_targets, eval_idx) = train, held_out
+        idx = [i for i in idx if targets[i] != UNSEEN]  # a teacher's label set may lack a gold label
+        if len({targets[i] for i in idx}) < 2:
+            return None
+        preds, seconds = fit_and_score(joined(table, idx), [targets[i] for i in idx], joined(eval_table, eval_idx),
+                                       cfg.train.seed)
+        scores = self.metrics(preds, [eval_targets[i] for i in eval_idx], labels, cfg)
+        return {"method": NAME, **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
+                "seconds": round(seconds, 2)}
 
     def gold_names(self, table: Table, cfg) -> list[str]:
         return [label_name(v, table, i) for i, v in enumerate(table.column(self._col(cfg, "label"), "label"))]
