@@ -47,12 +47,23 @@ def _fresh_tmp(final: Path) -> Path:
     return tmp
 
 
+def newest_loop_state(run_dir: Path) -> dict | None:
+    """The loop state of the newest resumable checkpoint whose loop.json reads (no weights are read)."""
+    for _, ckpt in sorted(_dirs(run_dir / "checkpoints", STEP).items(), reverse=True):
+        try:
+            return json.loads((ckpt / "loop.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 class Checkpointer:
     def __init__(self, run_dir: Path, accelerator, model, method, keep: int, warn):
         """``model`` is the prepared (possibly DDP-wrapped) model; ``warn`` prints one line to the user."""
         self.root = run_dir / "checkpoints"
         self.accelerator, self.model, self.method, self.keep, self.warn = accelerator, model, method, keep, warn
-        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        # named as in Accelerate's saved state: the model it keeps is the unwrapped one (no DDP "module." prefix)
+        self.trainable = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
         self.best_step: int | None = None
         accelerator.register_save_state_pre_hook(self._only_trainable)
         accelerator.register_load_state_pre_hook(self._check_keys)

@@ -8,12 +8,12 @@ knows how to merge layers, coerce values and reject unknown keys.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftkit.config_layers import (PLUGGABLE, coerce, flatten, load_yaml, make_dataclass, merge_layers,  # noqa: F401
+                                 normalise_pluggable, parse_set, reject_unknown)
 from ftkit.errors import UsageError
 
 
@@ -72,6 +72,10 @@ class TrainConfig:
     report_to: list[str] = _f(["none"], "Experiment trackers to log to as well: tensorboard (into RUN/tensorboard), "
                                         "wandb, mlflow, or none; several comma-separated.")
     run_name: str | None = _f(None, "The run's name in the trackers; default: the run dir's name.")
+    collective_timeout: int = _f(1800, "Seconds a process waits for the others (in a gradient all-reduce or at a "
+                                       "barrier) before the run fails: a dead or hung node ends the run with an "
+                                       "error, not a hang. Raise it when saving or evaluating on the main process "
+                                       "alone takes longer.")
     keep_checkpoints: int = _f(2, "Resumable checkpoints kept in RUN/checkpoints (the newest ones). A finished run "
                                   "keeps none: its weights are the best evaluation's.")
 
@@ -124,98 +128,6 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
-PLUGGABLE = ("task", "method")  # sections whose valid keys depend on the chosen entry's `params` dataclass
-
-
-# --------------------------------------------------------------------------------------------- merging layers
-def parse_set(items: list[str]) -> dict:
-    """``["train.lr=1e-4", "method.r=16"]`` -> nested dict; values parsed as YAML scalars/lists."""
-    import yaml
-
-    out: dict = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, str) and "," in value and not raw.startswith(("'", '"')):
-            value = [v.strip() for v in value.split(",")]
-        _set_dotted(out, key, value)
-    return out
-
-
-def _set_dotted(d: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-        if not isinstance(d, dict):
-            raise UsageError(f"--set {dotted}: {p!r} is not a section")
-    d[parts[-1]] = value
-
-
-def load_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: recipe file not found") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise UsageError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping of config keys at the top level, found {type(data).__name__}")
-    return data
-
-
-def _normalise_pluggable(layer: dict, where: str) -> dict:
-    layer = dict(layer)
-    for key in PLUGGABLE:
-        if key in layer:
-            v = layer[key]
-            if isinstance(v, str):
-                layer[key] = {"name": v}
-            elif isinstance(v, dict):
-                layer[key] = dict(v)
-            else:
-                raise UsageError(f"{where}: {key}: expected a name or a mapping, found {v!r}")
-    return layer
-
-
-def merge_layers(layers: list[tuple[str, dict]]) -> dict:
-    """Deep-merge config layers, lowest precedence first. A layer that switches the task/method to another
-    name drops the parameters lower layers gave the previous one (they would not apply)."""
-    merged: dict = {}
-    for where, layer in layers:
-        layer = _normalise_pluggable(layer, where)
-        for key, value in layer.items():
-            if key in PLUGGABLE:
-                cur = merged.get(key, {})
-                if "name" in value and cur.get("name") not in (None, value["name"]):
-                    cur = {}
-                merged[key] = {**cur, **value}
-            elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = _deep_merge(merged[key], value)
-            else:
-                merged[key] = value
-    return merged
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -224,9 +136,9 @@ def build(raw: dict) -> Config:
     from ftkit.methods import METHODS
     from ftkit.tasks import TASKS
 
-    raw = _normalise_pluggable(raw, "config")
+    raw = normalise_pluggable(raw, "config")
     known = {f.name for f in dataclasses.fields(Config)}
-    _reject_unknown(raw, known, "")
+    reject_unknown(raw, known, "")
     kwargs: dict = {}
     for name, cls in SECTIONS.items():
         section = raw.get(name, {})
@@ -248,72 +160,6 @@ def build(raw: dict) -> Config:
     cfg = Config(**kwargs)
     validate(cfg)
     return cfg
-
-
-def _reject_unknown(d: dict, valid: set[str], prefix: str) -> None:
-    for key in d:
-        if key not in valid:
-            raise UsageError(f"unknown config key {prefix + str(key)!r}; valid keys: {', '.join(sorted(valid))}")
-
-
-def make_dataclass(cls, values: dict, prefix: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _reject_unknown(values, set(fields), prefix)
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: coerce(v, hints[k], prefix + k) for k, v in values.items()})
-
-
-def coerce(value, tp, key: str):
-    """Check/convert ``value`` to the annotated type ``tp``; UsageError naming ``key`` otherwise."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(value, a, key)
-            except UsageError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is list or tp is list:
-        (item,) = typing.get_args(tp) or (str,)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise UsageError(f"config key {key!r}: expected a list, got {value!r}")
-        return [coerce(v, item, key) for v in value]
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise UsageError(f"config key {key!r}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise UsageError(f"config key {key!r}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise UsageError(f"config key {key!r}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "1e-4" as a string
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise UsageError(f"config key {key!r}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise UsageError(f"config key {key!r}: expected a string, got {value!r}")
-    return value
 
 
 def _check(ok: bool, key: str, value, allowed: str) -> None:
@@ -341,6 +187,7 @@ def validate(cfg: Config) -> None:
     _check(t.log_every > 0, "train.log_every", t.log_every, "an integer > 0")
     _check(t.patience >= 0, "train.patience", t.patience, "an integer >= 0")
     _check(t.save_every is None or t.save_every >= 0, "train.save_every", t.save_every, "an integer >= 0")
+    _check(t.collective_timeout > 0, "train.collective_timeout", t.collective_timeout, "an integer > 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
     for tracker in t.report_to:
         _check(tracker in REPORT_TO, "train.report_to", tracker, " or ".join(REPORT_TO))
@@ -355,7 +202,7 @@ def validate(cfg: Config) -> None:
            f"unset for task {cfg.task_name} (distillation covers "
            f"{', '.join(n for n in TASKS.names() if TASKS.get(n).compressible)})")
     roles = set(task.columns)
-    _reject_unknown(d.columns, roles, "data.columns.")
+    reject_unknown(d.columns, roles, "data.columns.")
     for role, col in d.columns.items():
         _check(isinstance(col, str) and col != "", f"data.columns.{role}", col, "a column name")
     METHODS.get(cfg.method_name).validate(cfg, task)
@@ -383,17 +230,6 @@ def dump_yaml(cfg: Config, path: Path) -> None:
     from ftkit.files import write_text
 
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``; ``data.columns`` stays one value (a mapping)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "columns":
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def field_help(cls) -> dict[str, str]:

@@ -9,6 +9,7 @@ DeepSpeed ZeRO) when its config file says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 
@@ -21,7 +22,12 @@ def engine() -> str:
         return "fsdp"
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
         return "deepspeed"
-    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+    return "ddp" if world_size() > 1 else "single"
+
+
+def world_size() -> int:
+    """How many processes the launcher started (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_scale_out(cfg) -> None:
@@ -51,6 +57,38 @@ def check_scale_out(cfg) -> None:
                              "never); use ZeRO-2 (accelerate/deepspeed-zero2.yaml) or DDP with --quant")
         if importlib.util.find_spec("deepspeed") is None:
             raise UsageError("the Accelerate config selects DeepSpeed, which is not installed: pip install deepspeed")
+
+
+def lost_contact(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another process died, hung past the timeout or dropped
+    its connection (torch's Dist* errors; gloo raises plain RuntimeErrors that say so)."""
+    import torch.distributed as dist
+
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(s in text for s in (
+        "gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out"))
+
+
+@contextlib.contextmanager
+def stopped_when_contact_is_lost(accelerator, run_dir, cfg):
+    """A lost process ends the run with one line: what happened, the newest checkpoint, how to resume."""
+    try:
+        yield
+    except Exception as e:
+        if accelerator.num_processes == 1 or not lost_contact(e):
+            raise
+        from ftkit.checkpoint import newest_loop_state
+        from ftkit.errors import RunStopped, first_line
+
+        state = newest_loop_state(run_dir)
+        kept = (f"the newest checkpoint is at step {state['step']} in {run_dir}/checkpoints" if state else
+                "no checkpoint was written yet")
+        raise RunStopped(f"lost contact with another process ({first_line(e)}; a hung one is given up after "
+                         f"train.collective_timeout = {cfg.train.collective_timeout} s); {kept}. Continue with the "
+                         "same command plus --resume, on any number of processes: --grad-accum keeps the samples "
+                         "per step") from e
 
 
 def weights_digest(model) -> str:

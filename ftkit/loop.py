@@ -195,19 +195,26 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
     running = torch.zeros((), device=accelerator.device)  # loss summed on device: no host sync per step
     micro = last_log_step = 0
     last_saved = None
+    n = accelerator.num_processes
     if resume and (state := checkpointer.restore()) is not None:
-        step, epoch, skip, best, bad_evals = (state["step"], state["epoch"], state["batches_in_epoch"],
+        # counts and the loss sum are saved for all processes together: a run resumed on another number of
+        # processes (same samples per step, train.check_resumable) shares them out again; older checkpoints kept
+        # the main process's own, for the same number of processes
+        share = n if "processes" in state else 1
+        step, epoch, skip, best, bad_evals = (state["step"], state["epoch"], state["batches_in_epoch"] // share,
                                               state["best"], state["bad_evals"])
         scheduler.load_state_dict(state["scheduler"])
-        running.fill_(state["running_loss"])
-        micro, last_log_step, last_saved = state["micro"], state["last_log_step"], state["path"]
+        running.fill_(state["running_loss"] / share)
+        micro, last_log_step, last_saved = state["micro"] // share, state["last_log_step"], state["path"]
+        accelerator.step = 0  # checkpoints fall on optimizer steps: the accumulation starts afresh either way
     if resume:
         reporter.resumed(step, last_saved)
 
-    def loop_state() -> dict:
-        return {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "best": best,
-                "bad_evals": bad_evals, "scheduler": scheduler.state_dict(), "running_loss": running.item(),
-                "micro": micro, "last_log_step": last_log_step}
+    def loop_state() -> dict:  # on every rank (the loss sum is a collective); the main process writes it
+        return {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch * n, "best": best,
+                "bad_evals": bad_evals, "scheduler": scheduler.state_dict(),
+                "running_loss": accelerator.reduce(running, "sum").item(), "micro": micro * n,
+                "last_log_step": last_log_step, "processes": n, "samples_per_step": samples_per_step}
 
     def check_finite(what: str, value: float) -> None:
         if not math.isfinite(value):

@@ -40,15 +40,40 @@ def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
     return run_dir
 
 
+# the run dir may have been moved; where it is logged to and how long processes wait do not change the run; the
+# accumulation may change with the process count, keeping the samples per optimizer step (checked on its own)
+RESUME_MAY_CHANGE = {"output", "train.report_to", "train.run_name", "train.collective_timeout", "train.grad_accum"}
+
+
 def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
-    """A run is resumed with the settings it started with; anything else would not be the same run."""
-    saved = config_mod.flatten(config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml")).to_dict())
-    now = config_mod.flatten(cfg.to_dict())
-    # the run dir may have been moved; where it is logged to does not change the run
-    for key in sorted((set(saved) | set(now)) - {"output", "train.report_to", "train.run_name"}):
+    """A run is resumed with the settings it started with; anything else would not be the same run. On another
+    number of processes, the samples per optimizer step must stay the same (--grad-accum makes up the difference):
+    then the steps, the schedule and the data order continue unchanged."""
+    from ftkit.checkpoint import newest_loop_state
+    from ftkit.distributed import world_size
+
+    saved_cfg = config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml"))
+    saved, now = config_mod.flatten(saved_cfg.to_dict()), config_mod.flatten(cfg.to_dict())
+    for key in sorted((set(saved) | set(now)) - RESUME_MAY_CHANGE):
         if saved.get(key) != now.get(key):
             raise UsageError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {run_dir}/ftkit.yaml;"
                              f" resume with the run's own settings: ftkit train {run_dir}/ftkit.yaml --resume")
+    state, processes, t = newest_loop_state(run_dir), world_size(), cfg.train
+    samples = t.batch_size * t.grad_accum * processes
+    if state is None or "samples_per_step" not in state:  # no checkpoint says what the run took: no change allowed
+        if t.grad_accum != saved_cfg.train.grad_accum:
+            raise UsageError(f"--resume: train.grad_accum is {t.grad_accum} here but {saved_cfg.train.grad_accum} in "
+                             f"{run_dir}/ftkit.yaml, and no checkpoint records the samples per step to keep")
+        return
+    was = state["samples_per_step"]
+    if was != samples:
+        per = t.batch_size * processes
+        fix = (f"--grad-accum {was // per}" if was % per == 0 else
+               f"a number of processes N and --grad-accum A with {t.batch_size} x A x N = {was}")
+        raise UsageError(f"--resume on {processes} process{'es' if processes > 1 else ''}: the run took {was} samples "
+                         f"per optimizer step ({state.get('processes', '?')} processes), this would take {samples} "
+                         f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} x {processes}); resume with {fix}, "
+                         "so that the steps and the data order continue unchanged")
 
 
 def resolve(cfg: config_mod.Config, task, method, run_dir: Path | None, model_config,
@@ -112,12 +137,15 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         raise UsageError(f"{cfg.data.train}: {len(train_idx)} training rows are fewer than one batch "
                          f"(train.batch_size {cfg.train.batch_size}); lower --batch-size or add data")
 
+    from datetime import timedelta
+
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
     from accelerate.utils import set_seed
 
     from ftkit import tracking
     from ftkit.checkpoint import Checkpointer
-    from ftkit.distributed import check_ranks_agree, check_scale_out
+    from ftkit.distributed import check_ranks_agree, check_scale_out, stopped_when_contact_is_lost
     from ftkit.loop import check_forward, plan_steps, train_loop
     from ftkit.methods import Context
     from ftkit.base_model import check_base_model, check_quant_training, load_for_training, trained_modules
@@ -148,7 +176,9 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
 
     # cpu=True on a machine without CUDA: that is what makes Accelerate join a torchrun process group over gloo
     accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.train.precision, cfg.train.precision),
-                              gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available())
+                              gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(
+                                  seconds=cfg.train.collective_timeout))])
     accelerator.wait_for_everyone()  # every rank has checked the run dir before the main one creates it
     set_seed(cfg.train.seed)  # before the model: the new head's initialisation depends on it
     # seconds, before the model loads; on the main process, which reports it
@@ -204,7 +234,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     if baseline:
         reporter.note(f"baseline ({baseline['method']}, {baseline['seconds']:.1f} s): " + "  ".join(
             f"{k} {v:.4f}" for k, v in baseline.items() if isinstance(v, float) and k != "seconds"))
-    with cpu_kernels(model, cfg.train.precision):
+    with cpu_kernels(model, cfg.train.precision), stopped_when_contact_is_lost(accelerator, run_dir, cfg):
         result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
                             collate=batches.collate, loss_fn=batches.loss, task=task, labels=labels,
                             main_metric=main_metric, cfg=cfg, accelerator=accelerator, reporter=reporter,
