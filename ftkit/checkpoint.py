@@ -76,6 +76,8 @@ class Checkpointer:
     def _check_keys(self, models, input_dir) -> None:
         from safetensors import safe_open
 
+        if not os.path.isfile(os.path.join(input_dir, "model.safetensors")):  # FSDP: sharded, read by Accelerate
+            return
         with safe_open(os.path.join(input_dir, "model.safetensors"), framework="pt") as f:
             keys = set(f.keys())
         if keys != self.trainable:
@@ -86,11 +88,15 @@ class Checkpointer:
         return self.root / f"best-step-{step:08d}"
 
     def save_best(self, step: int) -> None:
-        """The current weights are the best so far (called on every rank)."""
+        """The current weights are the best so far (called on every rank: FSDP gathers its shards here)."""
+        from accelerate.utils import DistributedType
+
+        state = (self.accelerator.get_state_dict(self.model) if self.accelerator.distributed_type ==
+                 DistributedType.FSDP else None)
         if self.accelerator.is_main_process:
             final = self.best_path(step)
             tmp = _fresh_tmp(final)
-            self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
+            self.accelerator.unwrap_model(self.model).save_pretrained(tmp, state_dict=state)
             _replace_dir(tmp, final)
             self.best_step = step
             self._prune()

@@ -41,15 +41,14 @@ def check_scale_out(cfg) -> None:
                          "ftkit loads them (8-bit never, 4-bit only with a bf16 quant storage ftkit does not set "
                          "up); use DDP (torchrun / accelerate launch --multi_gpu) with --quant, or FSDP with "
                          "--quant none")
-    if kind == "fsdp":
+    if kind == "fsdp" and world_size() > 1 and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "") == "true":
         import torch
 
         if not torch.cuda.is_available():
-            # Accelerate (1.x) turns an FSDP launch into FSDP only on accelerators; on CPU its state stays MULTI_CPU
-            # and prepare() wraps the model in DDP: every rank would hold the whole model, not a shard
-            raise UsageError("FSDP on CPU: Accelerate applies an FSDP config only on GPUs (on CPU it would run plain "
-                             "data parallel with the whole model on every process, silently); use torchrun "
-                             "--nproc_per_node N for CPU data parallel, or FSDP on a machine with GPUs")
+            raise UsageError("FSDP on CPU with RAM-efficient loading (fsdp_cpu_ram_efficient_loading: true, as in "
+                             "accelerate/fsdp.yaml): the processes past the first start on the meta device, and "
+                             "Accelerate 1.15 then cannot map the optimizer onto their shards; use "
+                             "accelerate/fsdp-cpu.yaml on CPU")
     if kind == "deepspeed":
         if quant != "none" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3":
             raise UsageError(f"--quant {quant} with DeepSpeed ZeRO-3: ZeRO-3 partitions the parameters, which "
@@ -57,6 +56,37 @@ def check_scale_out(cfg) -> None:
                              "never); use ZeRO-2 (accelerate/deepspeed-zero2.yaml) or DDP with --quant")
         if importlib.util.find_spec("deepspeed") is None:
             raise UsageError("the Accelerate config selects DeepSpeed, which is not installed: pip install deepspeed")
+
+
+def fsdp_on_every_device(accelerator, precision: str) -> None:
+    """Accelerate (1.15) turns an FSDP launch into FSDP only on accelerators: on CPU its state stays multi-CPU and
+    prepare() would wrap the model in DDP, every process holding the whole model. FSDP2 itself runs on CPU over gloo,
+    so the launch's own plugin (read from the launcher's environment, as Accelerate reads it) is put in place."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if engine() != "fsdp" or accelerator.state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if precision != "fp32":
+        plugin.set_mixed_precision(precision)
+    # in the process-wide state too: every later AcceleratorState() copies its distributed type from there
+    PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+
+
+def fsdp_wrap_classes(accelerator, model) -> None:
+    """Which blocks FSDP shards as units: the model's ``_no_split_modules``, except any holding the input
+    embeddings. Accelerate (1.15) shards the input embeddings as a unit of their own after the blocks, and fails
+    (``fully_shard`` on already-sharded parameters) when a block holds them, as BERT's ``BertEmbeddings`` does."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if engine() != "fsdp" or plugin is None or plugin.transformer_cls_names_to_wrap:
+        return
+    embeddings = model.get_input_embeddings()
+    holders = {type(m).__name__ for m in model.modules() if m is not embeddings and
+               any(sub is embeddings for sub in m.modules())}
+    plugin.transformer_cls_names_to_wrap = [n for n in getattr(model, "_no_split_modules", None) or []
+                                            if n not in holders]
 
 
 def lost_contact(e: BaseException) -> bool:
@@ -103,7 +133,7 @@ def weights_digest(model) -> str:
 
 def check_ranks_agree(accelerator, model) -> None:
     """Data-parallel ranks must end with identical weights; anything else is a bug worth failing loudly for."""
-    if accelerator.num_processes == 1:
+    if accelerator.num_processes == 1 or engine() == "fsdp":  # FSDP's processes hold different shards by design
         return
     from accelerate.utils import gather_object
 

@@ -105,6 +105,8 @@ def check_forward(model, batch: dict, task, what: str) -> None:
     from ftkit.errors import UsageError, first_line
 
     device = next(model.parameters()).device
+    if any(p.is_meta for p in model.parameters()):
+        return  # FSDP's RAM-efficient loading: ranks past the first get their weights from it when sharding
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     was_training = model.training
     model.eval()
@@ -165,6 +167,7 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
                loss_fn=None) -> LoopResult:
     """``loss_fn(model, batch)``: the training loss when not the model's own (tasks.Batching)."""
     import torch
+    from accelerate.utils import DistributedType
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
@@ -214,7 +217,8 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
         return {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch * n, "best": best,
                 "bad_evals": bad_evals, "scheduler": scheduler.state_dict(),
                 "running_loss": accelerator.reduce(running, "sum").item(), "micro": micro * n,
-                "last_log_step": last_log_step, "processes": n, "samples_per_step": samples_per_step}
+                "last_log_step": last_log_step, "processes": n, "samples_per_step": samples_per_step,
+                "sharded": accelerator.distributed_type == DistributedType.FSDP}
 
     def check_finite(what: str, value: float) -> None:
         if not math.isfinite(value):

@@ -50,7 +50,7 @@ def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
     number of processes, the samples per optimizer step must stay the same (--grad-accum makes up the difference):
     then the steps, the schedule and the data order continue unchanged."""
     from ftkit.checkpoint import newest_loop_state
-    from ftkit.distributed import world_size
+    from ftkit.distributed import engine, world_size
 
     saved_cfg = config_mod.build(config_mod.load_yaml(run_dir / "ftkit.yaml"))
     saved, now = config_mod.flatten(saved_cfg.to_dict()), config_mod.flatten(cfg.to_dict())
@@ -59,6 +59,11 @@ def check_resumable(run_dir: Path, cfg: config_mod.Config) -> None:
             raise UsageError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {run_dir}/ftkit.yaml;"
                              f" resume with the run's own settings: ftkit train {run_dir}/ftkit.yaml --resume")
     state, processes, t = newest_loop_state(run_dir), world_size(), cfg.train
+    if state is not None and state.get("sharded", False) != (engine() == "fsdp"):
+        raise UsageError("--resume: the newest checkpoint was written " + (
+            "sharded by FSDP; resume under FSDP (accelerate launch --config_file accelerate/fsdp.yaml or "
+            "fsdp-cpu.yaml, any number of processes)" if state.get("sharded") else
+            "without FSDP; resume without it (torchrun or plain ftkit, any number of processes)"))
     samples = t.batch_size * t.grad_accum * processes
     if state is None or "samples_per_step" not in state:  # no checkpoint says what the run took: no change allowed
         if t.grad_accum != saved_cfg.train.grad_accum:
@@ -145,7 +150,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
 
     from ftkit import tracking
     from ftkit.checkpoint import Checkpointer
-    from ftkit.distributed import check_ranks_agree, check_scale_out, stopped_when_contact_is_lost
+    from ftkit.distributed import (check_ranks_agree, check_scale_out, fsdp_on_every_device, fsdp_wrap_classes,
+                                   stopped_when_contact_is_lost)
     from ftkit.loop import check_forward, plan_steps, train_loop
     from ftkit.methods import Context
     from ftkit.base_model import check_base_model, check_quant_training, load_for_training, trained_modules
@@ -179,6 +185,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                               gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(
                                   seconds=cfg.train.collective_timeout))])
+    fsdp_on_every_device(accelerator, cfg.train.precision)
     accelerator.wait_for_everyone()  # every rank has checked the run dir before the main one creates it
     set_seed(cfg.train.seed)  # before the model: the new head's initialisation depends on it
     # seconds, before the model loads; on the main process, which reports it
@@ -200,6 +207,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
                   base_path=str(base_path))
     architecture = type(model).__name__
     model = method.apply(model, cfg.method_params, ctx)
+    fsdp_wrap_classes(accelerator, model)
     batches = task.batching(model, tokenizer, cfg, train_features)
     if cfg.distill.teacher:
         from ftkit.distillation import distilling_loss, load_teacher

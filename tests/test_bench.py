@@ -88,9 +88,10 @@ def test_gpu_script_smoke_run_on_cpu(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     results = {r["check"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["results"]}
     assert len(results) == 19 and all(r["status"] in ("pass", "skip") for r in results.values())
-    for check in ("lora gen fp16 + grad scaler", "smol gen 4bit QLoRA: memory", "accelerate FSDP, 1 process"):
+    for check in ("lora gen fp16 + grad scaler", "smol gen 4bit QLoRA: memory"):
         assert results[check]["refused_on_cpu"].startswith("error:")
     assert results["resume after SIGTERM"]["bit_identical"] is True
+    assert results["accelerate FSDP, 1 process"]["loss_last"] < results["accelerate FSDP, 1 process"]["loss_first"]
     assert results["export --merge of the 8bit run"]["merge_diff_over_std"] < 1e-3
     assert results["cls 8bit LoRA + eval/predict"]["head_dtype"] == "float32"
     for check in ("lora cls fp32", "lora tag bf16", "lora gen fp32"):

@@ -100,9 +100,11 @@ def launcher_env(config: Path) -> dict[str, str]:
 
 
 def test_shipped_accelerate_configs():
-    assert {c.stem for c in CONFIGS} == {"multi-gpu", "fsdp", "deepspeed-zero2", "deepspeed-zero3"}
+    assert {c.stem for c in CONFIGS} == {"multi-gpu", "fsdp", "fsdp-cpu", "deepspeed-zero2", "deepspeed-zero3"}
     envs = {c.stem: launcher_env(c) for c in CONFIGS}
-    assert envs["fsdp"]["ACCELERATE_USE_FSDP"] == "true"
+    assert envs["fsdp"]["ACCELERATE_USE_FSDP"] == envs["fsdp-cpu"]["ACCELERATE_USE_FSDP"] == "true"
+    assert envs["fsdp"]["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true"
+    assert envs["fsdp-cpu"]["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false"
     assert envs["deepspeed-zero2"]["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
     assert envs["deepspeed-zero3"]["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
     for env in envs.values():  # ftkit's flags decide these, not the launcher config
@@ -115,8 +117,8 @@ def test_shipped_accelerate_configs():
     ("fsdp", "4bit", "--quant 4bit with FSDP"),
     ("deepspeed-zero3", "8bit", "--quant 8bit with DeepSpeed ZeRO-3"),
     ("deepspeed-zero2", "none", "DeepSpeed, which is not installed: pip install deepspeed"),
-    pytest.param("fsdp", "none", "FSDP on CPU: Accelerate applies an FSDP config only on GPUs",
-                 marks=pytest.mark.skipif("__import__('torch').cuda.is_available()")),
+    pytest.param("fsdp", "none", "FSDP on CPU with RAM-efficient loading", marks=pytest.mark.skipif(
+        "__import__('torch').cuda.is_available()")),
 ])
 def test_unsupported_scale_out_is_refused_before_loading(config, quant, expected, tiny_model, sentiment, tmp_path,
                                                          monkeypatch):
@@ -125,8 +127,9 @@ def test_unsupported_scale_out_is_refused_before_loading(config, quant, expected
     if config == "deepspeed-zero2" and importlib.util.find_spec("deepspeed") is not None:
         pytest.skip("deepspeed is installed here")
     for key, value in launcher_env(ROOT / "accelerate" / f"{config}.yaml").items():
-        if key.startswith("ACCELERATE_"):
+        if key.startswith(("ACCELERATE_", "FSDP_")):
             monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # refused before any process group is joined
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     out = tmp_path / "run"
     result = run_cli(*train_args(tiny_model, sentiment, out, "--quant", quant))
