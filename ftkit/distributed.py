@@ -56,6 +56,13 @@ def check_scale_out(cfg) -> None:
                              "never); use ZeRO-2 (accelerate/deepspeed-zero2.yaml) or DDP with --quant")
         if importlib.util.find_spec("deepspeed") is None:
             raise UsageError("the Accelerate config selects DeepSpeed, which is not installed: pip install deepspeed")
+        import torch
+
+        if not torch.cuda.is_available():
+            # seen with deepspeed 0.19.8 installed: Accelerate 1.15 keeps a CPU launch multi-CPU, ignoring the config
+            raise UsageError("DeepSpeed on CPU: Accelerate applies a DeepSpeed config only on accelerators (on CPU it "
+                             "would run plain data parallel, silently); use accelerate/fsdp-cpu.yaml to shard on CPU, "
+                             "or torchrun for data parallel")
 
 
 def fsdp_on_every_device(accelerator, precision: str) -> None:

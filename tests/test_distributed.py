@@ -117,6 +117,8 @@ def test_shipped_accelerate_configs():
     ("fsdp", "4bit", "--quant 4bit with FSDP"),
     ("deepspeed-zero3", "8bit", "--quant 8bit with DeepSpeed ZeRO-3"),
     ("deepspeed-zero2", "none", "DeepSpeed, which is not installed: pip install deepspeed"),
+    pytest.param("deepspeed-zero2", "installed", "DeepSpeed on CPU: Accelerate applies a DeepSpeed config only on",
+                 marks=pytest.mark.skipif("__import__('torch').cuda.is_available()")),
     pytest.param("fsdp", "none", "FSDP on CPU with RAM-efficient loading", marks=pytest.mark.skipif(
         "__import__('torch').cuda.is_available()")),
 ])
@@ -124,7 +126,12 @@ def test_unsupported_scale_out_is_refused_before_loading(config, quant, expected
                                                          monkeypatch):
     import importlib.util
 
-    if config == "deepspeed-zero2" and importlib.util.find_spec("deepspeed") is not None:
+    if quant == "installed":  # as if deepspeed were installed
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else
+                            real(name, *a))
+        quant = "none"
+    elif config == "deepspeed-zero2" and importlib.util.find_spec("deepspeed") is not None:
         pytest.skip("deepspeed is installed here")
     for key, value in launcher_env(ROOT / "accelerate" / f"{config}.yaml").items():
         if key.startswith(("ACCELERATE_", "FSDP_")):
