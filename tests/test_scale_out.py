@@ -208,6 +208,9 @@ def test_fsdp_trains_the_model_of_one_process(method, tiny_model, sentiment, tmp
     assert max_diff(w1, w2) <= 1e-5
     result = run_cli("eval", out, "--data", sentiment["eval"])
     assert result.exit_code == 0 and f"accuracy {m2['eval']['accuracy']:.4f}" in result.output, result.output
+    assert run_cli("predict", out, "--text", "a great film").exit_code == 0
+    assert run_cli("export", out, "--output", tmp_path / "exported").exit_code == 0
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
 
 
 def test_fsdp_gen_lora_trains_the_model_of_one_process(tiny_causal, copy_data, tmp_path):
