@@ -56,6 +56,17 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norm weights).")
     warmup_ratio: float = _f(0.06, "Share of the optimizer steps spent warming the learning rate up from 0.")
     max_grad_norm: float = _f(1.0, "Clip gradients to this global norm (0 disables clipping).")
+    scheduler: str = _f("linear", "Learning-rate schedule after the warm-up: linear (to 0), cosine (to 0) or constant.")
+    label_smoothing: float = _f(0.0, "cls/tag: share of each target's probability spread evenly over the labels.")
+    class_weights: str = _f("none", "cls/tag: none, or auto (each label's loss weighted by its inverse frequency "
+                                    "in the training rows, mean 1): minority labels count more.")
+    rdrop: float = _f(0.0, "cls/tag: R-Drop weight: two dropout passes per batch, their mean loss plus this times "
+                           "the symmetric KL between their outputs (0: off).")
+    adversarial: str = _f("none", "cls/tag: adversarial training in embedding space: none, fgm (one step of norm "
+                                  "adversarial_epsilon along the loss gradient) or pgd (adversarial_steps projected "
+                                  "steps); the loss adds the perturbed batch's.")
+    adversarial_epsilon: float = _f(1.0, "L2 norm of each row's perturbation of the word embeddings (fgm, pgd).")
+    adversarial_steps: int = _f(3, "pgd: ascent steps, each epsilon / steps long, projected onto the epsilon ball.")
     precision: str = _f("fp32", "fp32, bf16 or fp16 (fp16 needs CUDA).")
     seed: int = _f(42, "Seed for initialisation, shuffling and the held-out split.")
     eval_every: int | None = _f(None, "Evaluate every N optimizer steps; default once per epoch. Always at the end.")
@@ -92,6 +103,8 @@ class DistillConfig:
 
 DEFAULT_MAX_LENGTH = 128
 PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULERS = ("linear", "cosine", "constant")
+ADVERSARIAL = ("none", "fgm", "pgd")
 QUANTS = ("none", "8bit", "4bit")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
@@ -187,6 +200,13 @@ def validate(cfg: Config) -> None:
     _check(t.log_every > 0, "train.log_every", t.log_every, "an integer > 0")
     _check(t.patience >= 0, "train.patience", t.patience, "an integer >= 0")
     _check(t.save_every is None or t.save_every >= 0, "train.save_every", t.save_every, "an integer >= 0")
+    _check(t.scheduler in SCHEDULERS, "train.scheduler", t.scheduler, " or ".join(SCHEDULERS))
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
+    _check(t.class_weights in ("none", "auto"), "train.class_weights", t.class_weights, "none or auto")
+    _check(t.rdrop >= 0, "train.rdrop", t.rdrop, "a number >= 0")
+    _check(t.adversarial in ADVERSARIAL, "train.adversarial", t.adversarial, " or ".join(ADVERSARIAL))
+    _check(t.adversarial_epsilon > 0, "train.adversarial_epsilon", t.adversarial_epsilon, "a number > 0")
+    _check(t.adversarial_steps >= 1, "train.adversarial_steps", t.adversarial_steps, "an integer >= 1")
     _check(t.collective_timeout > 0, "train.collective_timeout", t.collective_timeout, "an integer > 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
     for tracker in t.report_to:
@@ -198,9 +218,13 @@ def validate(cfg: Config) -> None:
     _check(k.temperature > 0, "distill.temperature", k.temperature, "a number > 0")
     _check(k.hidden_weight >= 0, "distill.hidden_weight", k.hidden_weight, "a number >= 0")
     task = TASKS.get(cfg.task_name)
-    _check(k.teacher is None or task.compressible, "distill.teacher", k.teacher,
+    for key in objectives_set(t):
+        _check(task.classifies and k.teacher is None, f"train.{key}", getattr(t, key),
+               f"its default for task {cfg.task_name}" + (" with distillation (the teacher's loss replaces it)"
+                                                           if task.classifies else " (cls and tag only)"))
+    _check(k.teacher is None or task.classifies, "distill.teacher", k.teacher,
            f"unset for task {cfg.task_name} (distillation covers "
-           f"{', '.join(n for n in TASKS.names() if TASKS.get(n).compressible)})")
+           f"{', '.join(n for n in TASKS.names() if TASKS.get(n).classifies)})")
     roles = set(task.columns)
     reject_unknown(d.columns, roles, "data.columns.")
     for role, col in d.columns.items():
@@ -212,6 +236,13 @@ def validate(cfg: Config) -> None:
         if not torch.cuda.is_available():
             raise UsageError("config key 'train.precision': fp16 needs a CUDA GPU (on CPU it silently runs in "
                              "fp32); use bf16 or fp32")
+
+
+def objectives_set(t: TrainConfig) -> list[str]:
+    """The classification objectives (ftkit/objectives.py) switched on: their keys."""
+    defaults = TrainConfig()
+    return [k for k in ("label_smoothing", "class_weights", "rdrop", "adversarial")
+            if getattr(t, k) != getattr(defaults, k)]
 
 
 def resolve(recipe: Path | None, flags: dict, sets: list[str]) -> Config:

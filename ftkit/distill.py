@@ -26,7 +26,7 @@ def distill(teacher: str, output: str | None, student: str | None = None, unlabe
     if not (Path(teacher) / "ftkit.yaml").is_file() or not (Path(teacher) / "metrics.json").is_file():
         raise UsageError(f"{teacher}: not a finished ftkit run dir (the teacher must be one)")
     target = locate(teacher)
-    if not target.task.compressible:
+    if not target.task.classifies:
         raise UsageError(f"{teacher}: a {target.task.name} run; distillation covers cls and tag runs (tasks whose "
                          "model scores classes)")
     if not output:

@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from ftkit.errors import UsageError
-
-IGNORE = -100
+from ftkit.tasks._common import IGNORE
 
 
 def teacher_target(cfg, task):

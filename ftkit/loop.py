@@ -169,7 +169,7 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
     import torch
     from accelerate.utils import DistributedType
     from torch.utils.data import DataLoader
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_scheduler
 
     from ftkit.errors import RunStopped
 
@@ -188,7 +188,8 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
     steps_per_epoch, total = plan_steps(len(train_features), cfg, accelerator.num_processes)
     # Not passed through accelerator.prepare: we step it once per optimizer step ourselves, on a step count that
     # already accounts for sharding, so it needs none of AcceleratedScheduler's per-process stepping.
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(t.warmup_ratio * total), total)
+    scheduler = get_scheduler({"constant": "constant_with_warmup"}.get(t.scheduler, t.scheduler), optimizer,
+                              num_warmup_steps=int(t.warmup_ratio * total), num_training_steps=total)
     eval_every = t.eval_every or steps_per_epoch
     save_every = eval_every if t.save_every is None else t.save_every
     params = [p for p in model.parameters() if p.requires_grad]

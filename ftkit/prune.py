@@ -39,7 +39,7 @@ def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, he
     if depth and layers >= depth:
         raise UsageError(f"--layers {layers}: the model has {depth} layers; remove 0 to {depth - 1}")
     target = locate(run)
-    if not target.task.compressible:
+    if not target.task.classifies:
         raise UsageError(f"{run}: a {target.task.name} run; pruning covers cls and tag runs (tasks whose model "
                          "scores classes)")
     path, report = pruned(target, ffn, layers, samples)

@@ -214,6 +214,11 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
 
         batches = dataclasses.replace(batches, loss=distilling_loss(
             load_teacher(cfg, task, accelerator.device), cfg.distill))
+    elif config_mod.objectives_set(cfg.train):
+        from ftkit.objectives import class_weights, classification_loss
+
+        weights = class_weights(train_features, len(labels)) if cfg.train.class_weights == "auto" else None
+        batches = dataclasses.replace(batches, loss=classification_loss(cfg.train, weights))
     with cpu_kernels(model, cfg.train.precision):
         check_forward(model, batches.collate(eval_features[:1]), task,
                       f"method {cfg.method_name!r} on {cfg.model.name} ({architecture})")

@@ -37,7 +37,8 @@ def test_switching_method_drops_the_previous_methods_params(tmp_path):
 
 
 @pytest.mark.parametrize("layer, message", [
-    ({"train": {"lrr": 1}}, "unknown config key 'train.lrr'; valid keys: batch_size, collective_timeout, epochs"),
+    ({"train": {"lrr": 1}},
+     "unknown config key 'train.lrr'; valid keys: adversarial, adversarial_epsilon, adversarial_steps, batch_size"),
     ({"trian": {}}, "unknown config key 'trian'; valid keys: data, distill, method, model, output, task, train"),
     ({"method": {"name": "lora", "rank": 4}}, "unknown config key 'method.rank'; valid keys: alpha, dropout, r, "
                                               "target_modules"),

@@ -42,8 +42,9 @@ class Task:
     # peft's model for this task lines the labels up with prompt tuning's virtual tokens (its token-classification
     # and feature-extraction models prepend them to the logits only, so a per-token loss fails on every batch)
     virtual_tokens_in_loss: bool
-    # its model scores classes, per input or per token: `ftkit distill` and `ftkit prune` work on its runs
-    compressible: bool = False
+    # its model scores classes, per input or per token: `ftkit distill` and `ftkit prune` work on its runs, and the
+    # classification objectives (ftkit/objectives.py) train it
+    classifies: bool = False
 
     # data, before any model is loaded
     def check(self, table, cfg) -> None:

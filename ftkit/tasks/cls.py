@@ -30,7 +30,7 @@ class Classification(LabelledTask):
     peft_type = "SEQ_CLS"
     hub_task = "text-classification"
     virtual_tokens_in_loss = True  # one label per row
-    compressible = True
+    classifies = True
     description = "sequence classification (single sentence or sentence pair)"
 
     # ------------------------------------------------------------------ data

@@ -46,7 +46,7 @@ class Tagging(LabelledTask):
     peft_type = "TOKEN_CLS"
     hub_task = "token-classification"
     virtual_tokens_in_loss = False
-    compressible = True
+    classifies = True
     description = "token tagging (NER, POS): one tag per word"
 
     def scheme(self, labels: list[str], cfg) -> str:
