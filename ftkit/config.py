@@ -50,6 +50,8 @@ class DataConfig:
 class TrainConfig:
     epochs: float = _f(3.0, "Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = _f(None, "Stop after this many optimizer steps (overrides epochs).")
+    min_steps: int = _f(0, "Without max_steps: at least this many optimizer steps, so small data trains for more "
+                           "epochs (the best evaluation's weights are kept either way). 0: epochs alone.")
     lr: float | None = _f(None, "Peak learning rate; default depends on the method (e.g. 5e-4 LoRA, 3e-5 full).")
     batch_size: int = _f(32, "Examples per device per forward pass.")
     grad_accum: int = _f(1, "Forward passes accumulated per optimizer step (effective batch = batch_size * this).")
@@ -188,6 +190,7 @@ def validate(cfg: Config) -> None:
     t, d = cfg.train, cfg.data
     _check(t.epochs > 0, "train.epochs", t.epochs, "a number > 0")
     _check(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "an integer > 0")
+    _check(t.min_steps >= 0, "train.min_steps", t.min_steps, "an integer >= 0")
     _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a number > 0")
     _check(t.batch_size > 0, "train.batch_size", t.batch_size, "an integer > 0")
     _check(t.grad_accum > 0, "train.grad_accum", t.grad_accum, "an integer > 0")

@@ -123,11 +123,12 @@ def check_forward(model, batch: dict, task, what: str) -> None:
 
 def plan_steps(n_train: int, cfg, num_processes: int) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps) for ``n_train`` examples; the batches are sharded over
-    the processes (Accelerate's even batches), then accumulated."""
+    the processes (Accelerate's even batches), then accumulated. Without max_steps: the epochs' steps, at least
+    train.min_steps."""
     t = cfg.train
     batches = math.ceil(math.ceil(n_train / t.batch_size) / num_processes)
     per_epoch = max(1, math.ceil(batches / t.grad_accum))
-    return per_epoch, t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
+    return per_epoch, t.max_steps or max(1, math.ceil(t.epochs * per_epoch), t.min_steps)
 
 
 class StopSignals:

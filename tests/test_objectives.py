@@ -143,3 +143,20 @@ def test_learning_rate_schedules(scheduler, tiny_model, sentiment, tmp_path):
     expected = {"linear": 1e-2 * 9 / 18, "cosine": 1e-2 * 0.5 * (1 + math.cos(math.pi * 9 / 18)),
                 "constant": 1e-2}[scheduler]
     assert lr[11] == pytest.approx(expected, rel=1e-6)
+
+
+def test_min_steps_is_a_floor_on_the_run_length(tiny_model, sentiment, tmp_path):
+    from ftkit.loop import plan_steps
+
+    cfg = config.build({"train": {"batch_size": 16, "epochs": 2, "min_steps": 45}})
+    assert plan_steps(160, cfg, 1) == (10, 45)  # 2 epochs are 20 steps: the floor decides
+    assert plan_steps(4000, cfg, 1) == (250, 500)  # larger data: the epochs do
+    assert plan_steps(160, config.build({"train": {"min_steps": 45, "max_steps": 7}}), 1)[1] == 7
+    result = run_cli(*train_args(tiny_model, sentiment, tmp_path / "run", "--epochs", "1", "--set",
+                                 "train.min_steps=25"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["train"]["steps"] == 25  # 10 steps an epoch: two and a half epochs
+    evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20, 25]

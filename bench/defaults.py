@@ -1,0 +1,123 @@
+"""The defaults study (issue 22): held-out metric means over seeds for candidate settings, on the built-in data.
+
+    .venv/bin/python bench/defaults.py --study lora --seeds 1,2,3          # LoRA's learning rate and targets
+    .venv/bin/python bench/defaults.py --study options --seeds 1,2,3       # the train.* objectives against none
+    .venv/bin/python bench/defaults.py --study length --datasets polarity-300,pos-wsj-300,pos-wsj   # min_steps
+
+Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
+with everything else at its default; the held-out split is the run's own (seeded by train.seed, so each seed also
+draws another split). NAME-N is a small-data case: N training rows of NAME, scored on 300 other rows. Appends a
+section to the results file (default bench/DEFAULTS.md) with every seed's figure, the mean and the spread, and keeps
+each trial's figures in --work/trials.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATASETS = {"polarity": ("cls", "polarity"), "pos-wsj": ("tag", "pos-wsj")}
+SMALL_EVAL_ROWS = 300  # NAME-N (e.g. pos-wsj-300): N training rows of NAME, scored on this many other rows
+STUDIES = {
+    "lora": {  # name -> extra `ftkit train` arguments
+        "lr 5e-4, query+value (before)": ["--lr", "5e-4"],
+        "lr 2e-3, query+value": ["--lr", "2e-3"],
+        "lr 5e-4, all linear": ["--lr", "5e-4", "--set", "method.target_modules=all-linear"],
+        "lr 2e-3, all linear": ["--lr", "2e-3", "--set", "method.target_modules=all-linear"],
+    },
+    "length": {
+        "epochs alone (3)": [],
+        "min_steps=300": ["--set", "train.min_steps=300"],
+    },
+    "options": {
+        "none": [],
+        "label_smoothing=0.1": ["--set", "train.label_smoothing=0.1"],
+        "class_weights=auto": ["--set", "train.class_weights=auto"],
+        "rdrop=1.0": ["--set", "train.rdrop=1.0"],
+        "adversarial=fgm (epsilon 1.0)": ["--set", "train.adversarial=fgm"],
+        "scheduler=cosine": ["--set", "train.scheduler=cosine"],
+    },
+}
+
+
+def small(name: str, work: Path) -> tuple[str, list[str]]:
+    """NAME-N: N training rows drawn from NAME (seed 0) and SMALL_EVAL_ROWS other rows to score on, as files."""
+    import random
+
+    from ftkit.data import read_table
+
+    base, n = name.rsplit("-", 1)
+    table = read_table(DATASETS[base][1])
+    order = list(range(len(table)))
+    random.Random(0).shuffle(order)
+    files = []
+    for part, idx in (("train", order[:int(n)]), ("eval", order[-SMALL_EVAL_ROWS:])):
+        path = work / f"{name}-{part}.jsonl"
+        path.write_text("".join(json.dumps({c: table.columns[c][i] for c in table.columns}) + "\n" for i in idx),
+                        encoding="utf-8")
+        files.append(str(path))
+    return files[0], ["--eval-data", files[1]]
+
+
+def trial(task: str, data: str, extra: list[str], seed: int, out: Path) -> dict:
+    start = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "ftkit", "train", "--task", task, "--data", data, "--output", str(out),
+                        "--overwrite", "--seed", str(seed), "-q", *extra], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{extra} seed {seed}: exit {p.returncode}\n{p.stderr[-2000:]}")
+    summary = json.loads((out / "metrics.json").read_text())
+    return {"metric": summary["eval"][summary["main_metric"]], "main_metric": summary["main_metric"],
+            "steps": summary["train"]["steps"], "minutes": (time.perf_counter() - start) / 60,
+            "baseline": (summary.get("baseline") or {}).get(summary["main_metric"])}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--study", choices=sorted(STUDIES), required=True)
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--results", default=str(HERE / "DEFAULTS.md"))
+    ap.add_argument("--work", help="folder for the runs (default: a temporary one)")
+    a = ap.parse_args(argv)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    work = Path(a.work or tempfile.mkdtemp(prefix="ftkit-defaults-"))
+    lines = [f"\n## Study `{a.study}` ({time.strftime('%Y-%m-%d')})\n",
+             f"`python bench/defaults.py --study {a.study} --seeds {a.seeds} --datasets {a.datasets}`; seeds "
+             f"{', '.join(map(str, seeds))}; minilm, LoRA, every other setting at its default.\n"]
+    work.mkdir(parents=True, exist_ok=True)
+    for name in a.datasets.split(","):
+        task, data = DATASETS[name.rsplit("-", 1)[0] if name not in DATASETS else name]
+        data, eval_args = small(name, work) if name not in DATASETS else (data, [])
+        rows = []
+        for label, extra in STUDIES[a.study].items():
+            runs = [trial(task, data, [*eval_args, *extra], s, work / f"{name}-{len(rows)}-{s}") for s in seeds]
+            values = [r["metric"] for r in runs]
+            rows.append((label, values, runs))
+            print(f"{name} {label}: {' '.join(f'{v:.4f}' for v in values)} mean {statistics.mean(values):.4f}",
+                  file=sys.stderr, flush=True)
+            with (work / "trials.jsonl").open("a") as f:
+                f.write(json.dumps({"dataset": name, "setting": label, "runs": runs}) + "\n")
+        metric = rows[0][2][0]["main_metric"]
+        lines += [f"\n**{name}** ({task}; held-out {metric})\n", "| setting | per seed | mean | spread (sd) | steps "
+                  "| minutes per run |", "|---|---|---|---|---|---|"]
+        for label, values, runs in rows:
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            lines.append(f"| {label} | {' / '.join(f'{v:.4f}' for v in values)} | **{statistics.mean(values):.4f}** "
+                         f"| {sd:.4f} | {runs[0]['steps']} | {statistics.mean(r['minutes'] for r in runs):.1f} |")
+        base = [r["baseline"] for r in rows[0][2] if r["baseline"] is not None]
+        if base:
+            lines.append(f"\nTF-IDF + logistic regression on the same splits: {' / '.join(f'{b:.4f}' for b in base)} "
+                         f"(mean {statistics.mean(base):.4f}).")
+    with open(a.results, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
