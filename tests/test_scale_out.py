@@ -90,6 +90,23 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def lose_second_node(args: list, tmp_path: Path, checkpoint: str, sig: int) -> tuple[int, float, str]:
+    """Two nodes train; once ``checkpoint`` is written, ``sig`` goes to the second node's processes. -> the first
+    node's exit status, the seconds it took to end after that, its log."""
+    out = Path(args[args.index("--output") + 1])
+    port = free_port()
+    nodes = [node(r, port, args, tmp_path / f"node{r}.log") for r in (0, 1)]
+    try:
+        wait_for(out / "checkpoints" / checkpoint, nodes)
+        signal_node(nodes[1], sig)
+        start = time.monotonic()
+        code = nodes[0].wait(timeout=120)
+        took = time.monotonic() - start
+    finally:
+        stop_all(*nodes)
+    return code, took, (tmp_path / "node0.log").read_text()
+
+
 @pytest.fixture(scope="module")
 def one_process(tiny_model, sentiment, tmp_path_factory) -> Path:
     """The reference: one process accumulating two batches per step (= two processes with one each)."""
@@ -117,18 +134,9 @@ def test_two_nodes_train_the_same_model_as_one_process(tiny_model, sentiment, on
 
 def test_a_dead_node_stops_the_other_then_the_run_resumes_on_one_process(tiny_model, sentiment, one_process,
                                                                          tmp_path):
-    out, port = tmp_path / "run", free_port()
-    args = train_args(tiny_model, sentiment, out, *COMMON)
-    nodes = [node(r, port, args, tmp_path / f"node{r}.log") for r in (0, 1)]
-    try:
-        wait_for(out / "checkpoints" / "step-00000006", nodes)  # two checkpoints in: the node dies mid-run
-        signal_node(nodes[1], signal.SIGKILL)
-        start = time.monotonic()
-        code = nodes[0].wait(timeout=120)
-        took = time.monotonic() - start
-    finally:
-        stop_all(*nodes)
-    log = (tmp_path / "node0.log").read_text()
+    out = tmp_path / "run"
+    code, took, log = lose_second_node(train_args(tiny_model, sentiment, out, *COMMON), tmp_path,
+                                       "step-00000006", signal.SIGKILL)  # two checkpoints in: the node dies
     assert code != 0 and took < 60, log
     lines = [line for line in log.splitlines() if line.startswith("stopped: lost contact with another process")]
     assert len(lines) == 1 and "--resume" in lines[0], log
@@ -146,18 +154,8 @@ def test_a_dead_node_stops_the_other_then_the_run_resumes_on_one_process(tiny_mo
 
 def test_a_hung_node_fails_the_run_after_the_collective_timeout(tiny_model, sentiment, tmp_path):
     """SIGSTOP keeps the connection open: only the timeout (train.collective_timeout) can end the wait."""
-    out, port = tmp_path / "run", free_port()
-    args = train_args(tiny_model, sentiment, out, *COMMON, "--set", "train.collective_timeout=10")
-    nodes = [node(r, port, args, tmp_path / f"node{r}.log") for r in (0, 1)]
-    try:
-        wait_for(out / "checkpoints" / "step-00000003", nodes)
-        signal_node(nodes[1], signal.SIGSTOP)
-        start = time.monotonic()
-        code = nodes[0].wait(timeout=120)
-        took = time.monotonic() - start
-    finally:
-        stop_all(*nodes)
-    log = (tmp_path / "node0.log").read_text()
+    args = train_args(tiny_model, sentiment, tmp_path / "run", *COMMON, "--set", "train.collective_timeout=10")
+    code, took, log = lose_second_node(args, tmp_path, "step-00000003", signal.SIGSTOP)
     assert code != 0 and 5 < took < 60, (took, log)
     assert "stopped: lost contact with another process" in log and "train.collective_timeout" in log, log
 
