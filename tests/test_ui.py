@@ -5,6 +5,7 @@ trials. Screenshots of each page go to tests/artifacts/ui/ (or $FTKIT_UI_SHOTS).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -123,6 +124,9 @@ def test_a_run_page_draws_its_curves_and_metrics(dashboard, browser, folder):
     assert len(train.get_attribute("points").split()) == 12  # one point per logged step
     metrics = browser.find_element(By.ID, "metrics").text
     assert "accuracy" in metrics and "macro_f1" in metrics
+    summary = json.loads((folder / "fast" / "metrics.json").read_text())  # the TF-IDF baseline, under the run's row
+    baseline = browser.find_element(By.ID, "baseline").text
+    assert baseline.startswith("tf-idf + logistic regression") and f"{summary['baseline']['accuracy']:.4f}" in baseline
     page = browser.find_element(By.TAG_NAME, "main").text
     assert f"ftkit serve {folder / 'fast'}" in page and "train:" in browser.find_element(By.ID, "config").text
     shot(browser, "run")

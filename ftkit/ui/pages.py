@@ -162,9 +162,12 @@ def run_page(run: Run, files: list[tuple[str, int]], allow_launch: bool) -> str:
     ev = run.summary.get("eval") or {}
     if ev:
         scalars = {k: v for k, v in ev.items() if isinstance(v, (int, float))}
-        body.append("<h3>Held-out evaluation</h3><table id=metrics><tr>" + "".join(
-            f"<th>{escape(k)}</th>" for k in scalars) + "</tr><tr>" +
-            "".join(f"<td class=num>{_num(v)}</td>" for v in scalars.values()) + "</tr></table>")
+        base = run.summary.get("baseline") or {}  # a cls run's TF-IDF baseline on the same split (ftkit/baseline.py)
+        baseline_row = (f"<tr id=baseline><td>{escape(str(base.get('method', 'baseline')))}</td>" + "".join(
+            f"<td class=num>{_num(base.get(k))}</td>" for k in scalars) + "</tr>") if base else ""
+        body.append("<h3>Held-out evaluation</h3><table id=metrics><tr><th></th>" + "".join(
+            f"<th>{escape(k)}</th>" for k in scalars) + "</tr><tr><td>this run</td>" +
+            "".join(f"<td class=num>{_num(v)}</td>" for v in scalars.values()) + f"</tr>{baseline_row}</table>")
         per_class = {k: v for k, v in (ev.get("per_class") or {}).items() if isinstance(v, dict)}
         if per_class:
             cols = sorted({k for v in per_class.values() for k in v})
