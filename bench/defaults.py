@@ -42,7 +42,6 @@ STUDIES = {
         "class_weights=auto": ["--set", "train.class_weights=auto"],
         "rdrop=1.0": ["--set", "train.rdrop=1.0"],
         "adversarial=fgm (epsilon 1.0)": ["--set", "train.adversarial=fgm"],
-        "scheduler=cosine": ["--set", "train.scheduler=cosine"],
     },
 }
 

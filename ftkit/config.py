@@ -52,7 +52,8 @@ class TrainConfig:
     max_steps: int | None = _f(None, "Stop after this many optimizer steps (overrides epochs).")
     min_steps: int = _f(0, "Without max_steps: at least this many optimizer steps, so small data trains for more "
                            "epochs (the best evaluation's weights are kept either way). 0: epochs alone.")
-    lr: float | None = _f(None, "Peak learning rate; default depends on the method (e.g. 5e-4 LoRA, 3e-5 full).")
+    lr: float | None = _f(None, "Peak learning rate; default depends on the method and task (e.g. LoRA 2e-3 for "
+                                "cls/tag, 5e-4 for gen/mlm; full 3e-5).")
     batch_size: int = _f(32, "Examples per device per forward pass.")
     grad_accum: int = _f(1, "Forward passes accumulated per optimizer step (effective batch = batch_size * this).")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norm weights).")

@@ -89,7 +89,7 @@ def resolve(cfg: config_mod.Config, task, method, run_dir: Path | None, model_co
     train.group_by_length left unset (grouped unless the batches will be packed, which leave no padding to cut), and
     absolute paths (data, model, teacher). This is what ftkit.yaml holds: training it again decides nothing anew."""
     R = dataclasses.replace
-    cfg = R(cfg, train=R(cfg.train, lr=cfg.train.lr or method.default_lr),
+    cfg = R(cfg, train=R(cfg.train, lr=cfg.train.lr or method.lr_for(task.name)),
             data=R(cfg.data, train=_absolute(cfg.data.train), eval=_absolute(cfg.data.eval), max_length=max_length),
             model=R(cfg.model, name=_absolute(cfg.model.name)), distill=R(cfg.distill, teacher=_absolute(
                 cfg.distill.teacher)), output=str(run_dir.resolve()) if run_dir else None)

@@ -20,8 +20,13 @@ class Method:
     description: str
     params: type  # dataclass of the method's config keys (``method.KEY``), each documented at its field
     default_lr: float
+    task_lr: dict = {}  # task name -> default learning rate where it differs from default_lr (bench/DEFAULTS.md)
     mergeable: bool = True  # an adapter that `export --merge` can fold into the base weights
     load_note: str | None = None  # what a user loading the run without ftkit must know (the model card says it)
+
+    def lr_for(self, task_name: str) -> float:
+        """The learning rate a run of ``task_name`` gets when train.lr is unset."""
+        return self.task_lr.get(task_name, self.default_lr)
 
     def validate(self, cfg, task) -> None:
         """Checks that need no model: refuse a setting or a task (``task``: the run's task object) the method cannot
