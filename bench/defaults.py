@@ -84,19 +84,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--results", default=str(HERE / "DEFAULTS.md"))
     ap.add_argument("--work", help="folder for the runs (default: a temporary one)")
+    ap.add_argument("--extra", default="", help="more `ftkit train` arguments for every trial, e.g. '--epochs 1'")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
     work = Path(a.work or tempfile.mkdtemp(prefix="ftkit-defaults-"))
+    common = a.extra.split()
     lines = [f"\n## Study `{a.study}` ({time.strftime('%Y-%m-%d')})\n",
-             f"`python bench/defaults.py --study {a.study} --seeds {a.seeds} --datasets {a.datasets}`; seeds "
-             f"{', '.join(map(str, seeds))}; minilm, LoRA, every other setting at its default.\n"]
+             f"`python bench/defaults.py --study {a.study} --seeds {a.seeds} --datasets {a.datasets}"
+             + (f" --extra '{a.extra}'" if a.extra else "") + f"`; seeds {', '.join(map(str, seeds))}; minilm, LoRA, "
+             "every other setting at its default.\n"]
     work.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
         task, data = DATASETS[name.rsplit("-", 1)[0] if name not in DATASETS else name]
         data, eval_args = small(name, work) if name not in DATASETS else (data, [])
         rows = []
         for label, extra in STUDIES[a.study].items():
-            runs = [trial(task, data, [*eval_args, *extra], s, work / f"{name}-{len(rows)}-{s}") for s in seeds]
+            runs = [trial(task, data, [*eval_args, *common, *extra], s, work / f"{name}-{len(rows)}-{s}")
+                    for s in seeds]
             values = [r["metric"] for r in runs]
             rows.append((label, values, runs))
             print(f"{name} {label}: {' '.join(f'{v:.4f}' for v in values)} mean {statistics.mean(values):.4f}",
