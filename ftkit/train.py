@@ -265,8 +265,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         summary["train"]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     if baseline:
         summary["baseline"] = baseline
-        if behind(summary):
-            reporter.warn(behind(summary))
+        if warning := behind(summary):
+            reporter.warn(warning)
     if main:
         unwrapped = accelerator.unwrap_model(model)
         for f in result.best_weights.iterdir():  # the best weights become the run's weights
