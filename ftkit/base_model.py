@@ -76,7 +76,7 @@ def load_for_training(cfg, task, labels: list[str], tokenizer=None):
 
     if tokenizer is None:
         tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
-    model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels),
+    model_config = AutoConfig.from_pretrained(path, **task.config_overrides(labels, cfg),
                                               trust_remote_code=cfg.model.trust_remote_code)
     quant = quantization(cfg.model.quant, task)
     placement = {}
@@ -90,7 +90,7 @@ def load_for_training(cfg, task, labels: list[str], tokenizer=None):
     # The label maps go in as keyword overrides, not as config=: with an explicit config, transformers 5.23 leaves
     # most bitsandbytes layers holding fp32 weights.
     model, loading = task.model_class(model_config).from_pretrained(
-        path, **task.config_overrides(labels), trust_remote_code=cfg.model.trust_remote_code,
+        path, **task.config_overrides(labels, cfg), trust_remote_code=cfg.model.trust_remote_code,
         ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a fresh head
         output_loading_info=True, **placement,
     )

@@ -123,6 +123,9 @@ def eval_(
     if confusion_png is not None:
         from ftkit.plots import confusion
 
+        if "confusion_matrix" not in metrics:
+            raise UsageError(f"--confusion-png: {run} has no confusion matrix (single-label cls and tag models "
+                             "have one; multi-label and regression ones do not)")
         cm = metrics["confusion_matrix"]
         confusion(cm["matrix"], cm["labels"], confusion_png, title=f"{Path(run).name} on {Path(data).name}")
     print_eval(metrics)

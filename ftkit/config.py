@@ -222,13 +222,13 @@ def validate(cfg: Config) -> None:
     _check(k.temperature > 0, "distill.temperature", k.temperature, "a number > 0")
     _check(k.hidden_weight >= 0, "distill.hidden_weight", k.hidden_weight, "a number >= 0")
     task = TASKS.get(cfg.task_name)
+    task.validate(cfg)
+    single = task.single_class(cfg)
     for key in objectives_set(t):
-        _check(task.classifies and k.teacher is None, f"train.{key}", getattr(t, key),
+        _check(single and k.teacher is None, f"train.{key}", getattr(t, key),
                f"its default for task {cfg.task_name}" + (" with distillation (the teacher's loss replaces it)"
-                                                           if task.classifies else " (cls and tag only)"))
-    _check(k.teacher is None or task.classifies, "distill.teacher", k.teacher,
-           f"unset for task {cfg.task_name} (distillation covers "
-           f"{', '.join(n for n in TASKS.names() if TASKS.get(n).classifies)})")
+                                                           if single else _ONE_CLASS))
+    _check(k.teacher is None or single, "distill.teacher", k.teacher, f"unset for task {cfg.task_name}{_ONE_CLASS}")
     roles = set(task.columns)
     reject_unknown(d.columns, roles, "data.columns.")
     for role, col in d.columns.items():
@@ -240,6 +240,10 @@ def validate(cfg: Config) -> None:
         if not torch.cuda.is_available():
             raise UsageError("config key 'train.precision': fp16 needs a CUDA GPU (on CPU it silently runs in "
                              "fp32); use bf16 or fp32")
+
+
+_ONE_CLASS = (" (the classification objectives and distillation need one class per row or token: cls with "
+              "task.problem=single_label, or tag)")
 
 
 def objectives_set(t: TrainConfig) -> list[str]:

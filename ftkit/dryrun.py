@@ -4,7 +4,6 @@ weights or writing anything."""
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 
 
 def summary(cfg, task, model_config, tokenizer, table, targets, labels: list[str], train_idx: list[int],
@@ -22,10 +21,7 @@ def summary(cfg, task, model_config, tokenizer, table, targets, labels: list[str
            "max_length": cfg.data.max_length,
            "long_rows": sum(n > cfg.data.max_length for n in lengths), "long_rows_are": task.long_rows,
            "model": describe(cfg, labels or None)}
-    if task.labelled:
-        counts = Counter()
-        for i in train_idx:
-            t = targets[i]
-            counts.update(x for x in (t if isinstance(t, list) else [t]) if x >= 0)
-        out["label_counts"] = {labels[k]: n for k, n in sorted(counts.items())}
+    counts = task.label_counts(targets, train_idx, labels, cfg) if task.labelled else None
+    if counts is not None:
+        out["label_counts"] = counts
     return out

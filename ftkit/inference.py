@@ -23,7 +23,7 @@ def settings(loaded, sets: list[str]) -> config_mod.Config:
     """run_settings plus data.max_length for the loaded model."""
     from ftkit.base_model import resolve_max_length
 
-    cfg = run_settings(loaded, sets)
+    cfg = loaded.task.with_model_settings(run_settings(loaded, sets), loaded.model.config)
     max_length = resolve_max_length(cfg, loaded.model.config, loaded.tokenizer, loaded.path)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=max_length))
 

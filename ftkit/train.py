@@ -276,6 +276,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         saved = copy.deepcopy(base.config)  # label maps in config.json, for adapter runs too
         if hasattr(saved, "quantization_config"):
             del saved.quantization_config  # the run's base is reloaded in full precision (runs.load_trained)
+        task.saved_config(saved, result.best, cfg)
         saved.save_pretrained(run_dir)
         tokenizer.save_pretrained(run_dir)
         adapter = (run_dir / "adapter_config.json").is_file()

@@ -123,7 +123,7 @@ def test_bad_input_is_refused_before_weights_load(teacher, tiny_model, tiny_caus
              (["distill", teacher, "--output", tmp_path / "f", "--set", "distill.alpha=2"], "distill.alpha"),
              (["distill", teacher, "--output", tmp_path / "g", "--unlabelled", tmp_path / "none.txt"], "no such file"),
              (["train", "--task", "gen", "--model", tiny_causal, "--data", copy_data["train"], "--output",
-               tmp_path / "h", "--set", f"distill.teacher={teacher}"], "distillation covers cls, tag")]
+               tmp_path / "h", "--set", f"distill.teacher={teacher}"], "distillation need one class per row or token")]
     for args, message in cases:
         result = cli(*args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)

@@ -125,7 +125,7 @@ def test_the_objectives_train_end_to_end_and_are_refused_where_they_do_not_apply
         assert math.isfinite(json.loads((tmp_path / name / "metrics.json").read_text())["eval"]["loss"])
     result = run_cli(*train_args(tiny_causal, copy_data, tmp_path / "gen", "--task", "gen", "--set",
                                  "train.rdrop=0.5"))
-    assert result.exit_code == 2 and "train.rdrop" in result.output and "cls and tag only" in result.output
+    assert result.exit_code == 2 and "train.rdrop" in result.output and "one class per row or token" in result.output
     result = run_cli(*train_args(tiny_model, sentiment, tmp_path / "bad", "--set", "train.adversarial=free"))
     assert result.exit_code == 2 and "expected none or fgm or pgd" in result.output
 

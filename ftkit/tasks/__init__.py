@@ -46,6 +46,23 @@ class Task:
     # classification objectives (ftkit/objectives.py) train it
     classifies: bool = False
 
+    def validate(self, cfg) -> None:
+        """Refuse bad ``task.*`` settings (config.validate calls it) with a UsageError naming the key."""
+
+    def single_class(self, cfg) -> bool:
+        """Whether its model picks one class per row (or token) under ``cfg``: the classification objectives and
+        distillation need that."""
+        return self.classifies
+
+    def with_model_settings(self, cfg, model_config):
+        """``cfg`` completed with what a trained model's config.json says of the task (for a plain checkpoint or an
+        export, which carry no ftkit.yaml). Default: nothing to add."""
+        return cfg
+
+    def saved_config(self, config, metrics: dict, cfg) -> None:
+        """Write into the finished run's model config what eval/predict/serve need from training (``metrics``: the
+        best evaluation's). Default: nothing."""
+
     # data, before any model is loaded
     def check(self, table, cfg) -> None:
         """Refuse bad rows with a UsageError naming the file and line."""
@@ -66,6 +83,14 @@ class Task:
     def unseen_labels(self, table, cfg, labels: list[str]) -> dict[str, int]:
         """Gold labels of ``table`` the model was not trained on, with their counts. Default: none (no labels)."""
         return {}
+
+    def unseen_effect(self, cfg) -> str:
+        """What scoring does with such a label."""
+        return "scored as errors (they take no loss)"
+
+    def label_counts(self, targets: list, idx: list[int], labels: list[str], cfg) -> dict[str, int] | None:
+        """How often each label occurs in rows ``idx`` (`train --dry-run`); None: no labels to count."""
+        return None
 
     # encoding (cached on disk) and model-ready features
     def encode(self, tokenizer, table, cfg, model_config) -> dict[str, list[list[int]]]:
@@ -102,7 +127,8 @@ class Task:
     def peft_task_type(self, model_config) -> str:
         raise NotImplementedError
 
-    def config_overrides(self, labels: list[str]) -> dict:
+    def config_overrides(self, labels: list[str], cfg=None) -> dict:
+        """Model-config keys for ``labels`` (and, given ``cfg``, the training settings that shape the loss)."""
         raise NotImplementedError
 
     def head_modules(self, model) -> list[str]:
@@ -139,7 +165,7 @@ def unseen_warning(task: Task, table, cfg, labels: list[str]) -> str | None:
         return None
     listed = ", ".join(f"{name!r} ({n})" for name, n in unseen.items())
     return (f"warning: {table.source}: {len(unseen)} label{'s' if len(unseen) > 1 else ''} the model was not trained "
-            f"on, scored as errors (they take no loss): {listed}")
+            f"on, {task.unseen_effect(cfg)}: {listed}")
 
 
 for _m in pkgutil.iter_modules(__path__):

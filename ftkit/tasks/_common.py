@@ -138,8 +138,17 @@ class LabelledTask(Task):
     def peft_task_type(self, model_config) -> str:
         return self.peft_type
 
-    def config_overrides(self, labels: list[str]) -> dict:
+    def config_overrides(self, labels: list[str], cfg=None) -> dict:
         return label_config(labels)
+
+    def label_counts(self, targets: list, idx: list[int], labels: list[str], cfg) -> dict[str, int] | None:
+        from collections import Counter
+
+        counts = Counter()
+        for i in idx:
+            t = targets[i]
+            counts.update(x for x in (t if isinstance(t, list) else [t]) if x >= 0)
+        return {labels[k]: n for k, n in sorted(counts.items())}
 
     def head_modules(self, model) -> list[str]:
         return head_modules(model)

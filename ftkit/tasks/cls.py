@@ -1,15 +1,31 @@
-"""Sequence classification (``--task cls``): single sentences or sentence pairs, string or integer labels."""
+"""Sequence classification (``--task cls``): single sentences or sentence pairs, and three kinds of problem
+(``task.problem``, stored as the model config's ``problem_type``, so stock transformers computes the same loss):
+
+- ``single_label``: one class per row (string or integer labels); softmax + cross-entropy; accuracy.
+- ``multi_label``: any number of classes per row, written as a list (JSON/Parquet) or a delimited string
+  (``task.label_separator``; an empty label: none); sigmoid + binary cross-entropy per class; a class is predicted
+  when its probability reaches ``task.threshold`` (0.5, or tuned on the evaluation split with
+  ``task.tune_threshold``, stored in config.json as ``multi_label_threshold``); micro/macro F1 and per-class scores.
+- ``regression``: a number per row; one output, mean squared error; R² (the main metric), Pearson, Spearman, MAE."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ftkit.data import to_features
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, confusion_metrics, label_name,
-                                 pad_collate, sort_labels)
+from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, confusion_metrics, label_config,
+                                 label_name, pad_collate, sort_labels)
+
+# task.problem -> the model config's problem_type (transformers' names, which pick its loss)
+PROBLEMS = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
+            "regression": "regression"}
+THRESHOLD_KEY = "multi_label_threshold"  # config.json: the threshold a multi-label run was evaluated with
+THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]  # task.tune_threshold's candidates
 
 
 @dataclass
@@ -17,6 +33,22 @@ class ClsParams:
     baseline: bool = field(default=True, metadata={
         "help": "Also fit a TF-IDF + logistic regression baseline on the same split (seconds, before training) and "
                 "report it beside the model's held-out metrics: summary, metrics.json, model card."})
+    problem: str = field(default="single_label", metadata={
+        "help": "single_label (one class per row), multi_label (a list of classes per row: sigmoid + binary "
+                "cross-entropy) or regression (a number per row: mean squared error)."})
+    label_separator: str = field(default=",", metadata={
+        "help": "multi_label: what separates the classes of a label written as one string (e.g. sports,politics); "
+                "labels given as lists need none."})
+    threshold: float | None = field(default=None, metadata={
+        "help": "multi_label: the probability from which a class is predicted; unset: the run's tuned one, or 0.5."})
+    tune_threshold: bool = field(default=False, metadata={
+        "help": "multi_label: choose the threshold (0.05 to 0.95) that maximises micro-F1 on the evaluation split at "
+                "each evaluation; the chosen one is stored with the model and used by eval, predict and serve. The "
+                "metrics reported are then on the split it was tuned on."})
+
+
+def problem(cfg) -> str:
+    return cfg.task.get("problem", "single_label")
 
 
 @TASKS.register("cls")
@@ -33,11 +65,65 @@ class Classification(LabelledTask):
     classifies = True
     description = "sequence classification (single sentence or sentence pair)"
 
+    # ------------------------------------------------------------------ settings
+    def validate(self, cfg) -> None:
+        kind = problem(cfg)
+        if kind not in PROBLEMS:
+            raise UsageError(f"config key 'task.problem': got {kind!r}, expected {' or '.join(PROBLEMS)}")
+        threshold = cfg.task.get("threshold")
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+            raise UsageError(f"config key 'task.threshold': got {threshold!r}, expected a number in (0, 1)")
+        if not cfg.task.get("label_separator"):
+            raise UsageError("config key 'task.label_separator': expected a non-empty string")
+
+    def single_class(self, cfg) -> bool:
+        return problem(cfg) == "single_label"
+
+    def with_model_settings(self, cfg, model_config):
+        """The problem kind and tuned threshold a trained model carries in its config.json (a plain checkpoint or
+        an export has no ftkit.yaml), unless the run's config or --set already says."""
+        kind = {v: k for k, v in PROBLEMS.items()}.get(getattr(model_config, "problem_type", None))
+        task = dict(cfg.task)
+        if kind and kind != task.get("problem"):
+            task["problem"] = kind
+        if task.get("threshold") is None and getattr(model_config, THRESHOLD_KEY, None) is not None:
+            task["threshold"] = float(getattr(model_config, THRESHOLD_KEY))
+        return dataclasses.replace(cfg, task=task)
+
+    def config_overrides(self, labels: list[str], cfg=None) -> dict:
+        return label_config(labels) | ({"problem_type": PROBLEMS[problem(cfg)]} if cfg is not None else {})
+
+    def saved_config(self, config, metrics: dict, cfg) -> None:
+        if problem(cfg) == "multi_label":
+            setattr(config, THRESHOLD_KEY, metrics.get("threshold", cfg.task.get("threshold") or 0.5))
+
     # ------------------------------------------------------------------ data
+    def _values(self, table: Table, cfg) -> list:
+        return [v.tolist() if hasattr(v, "tolist") else v  # Parquet lists arrive as arrays
+                for v in table.column(self._col(cfg, "label"), "label")]
+
     def label_space(self, table: Table, cfg) -> list[str]:
-        col = table.column(self._col(cfg, "label"), "label")
+        kind = problem(cfg)
+        if kind == "regression":
+            values = self.numbers(table, cfg)
+            if len(set(values)) < 2:
+                raise UsageError(f"{table.source}: every row has the value {values[0]}; regression needs targets "
+                                 "that vary")
+            return [self._col(cfg, "label")]
+        if kind == "multi_label":
+            labels = sort_labels({n for names in self.label_sets(table, cfg) for n in names})
+            if not labels:
+                raise UsageError(f"{table.source}: no row has a label; multi-label classification needs some")
+            return labels
+        col = self._values(table, cfg)
         first_of = {}  # the first row of each kind of value: numbers and text must not mix
         for i, v in enumerate(col):
+            if isinstance(v, (list, tuple)):
+                raise UsageError(f"{table.locate(i)}: the label is a list {v!r}; for several classes per row set "
+                                 "--set task.problem=multi_label")
+            if isinstance(v, float) and not v.is_integer():
+                raise UsageError(f"{table.locate(i)}: label {v!r} is not a class name or an integer; for a number "
+                                 "to predict set --set task.problem=regression")
             first_of.setdefault("text" if isinstance(v, str) else "number", i)
         if len(first_of) > 1:
             raise UsageError(f"{table.source}: the label column mixes numbers ({table.where_is(first_of['number'])}) "
@@ -47,6 +133,33 @@ class Classification(LabelledTask):
             raise UsageError(f"{table.source}: every row has the label {labels[0]!r}; classification needs at "
                              "least two labels")
         return labels
+
+    def numbers(self, table: Table, cfg) -> list[float]:
+        """regression: every row's target, a finite number (numeric strings, as CSV gives them, included)."""
+        out = []
+        for i, v in enumerate(self._values(table, cfg)):
+            try:
+                x = float(v.strip() if isinstance(v, str) else v) if not isinstance(v, bool) else None
+            except (TypeError, ValueError):
+                x = None
+            if x is None or not math.isfinite(x):
+                raise UsageError(f"{table.locate(i)}: label {v!r} is not a number (task.problem=regression)")
+            out.append(x)
+        return out
+
+    def label_sets(self, table: Table, cfg) -> list[list[str]]:
+        """multi_label: every row's classes, from a list or a delimited string (empty: none)."""
+        sep, out = cfg.task["label_separator"], []
+        for i, v in enumerate(self._values(table, cfg)):
+            if isinstance(v, str):
+                v = [] if not v.strip() else v.split(sep)
+            elif v is None:
+                v = []
+            elif not isinstance(v, (list, tuple)):
+                v = [v]
+            names = [label_name(x, table, i) for x in v]
+            out.append(list(dict.fromkeys(names)))
+        return out
 
     def texts(self, table: Table, cfg) -> tuple[list[str], list[str] | None]:
         """The text (and pair) columns, validated: every row must have non-empty text."""
@@ -61,7 +174,7 @@ class Classification(LabelledTask):
         self.texts(table, cfg)
 
     def main_metric(self, labels: list[str], cfg) -> str:
-        return "accuracy"
+        return {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "r2"}[problem(cfg)]
 
     def encode(self, tokenizer, table: Table, cfg, model_config) -> dict[str, list[list[int]]]:
         text, pair = self.texts(table, cfg)
@@ -71,55 +184,115 @@ class Classification(LabelledTask):
     def baseline(self, train: tuple, held_out: tuple, labels: list[str], cfg) -> dict | None:
         if not cfg.task["baseline"]:
             return None
-        from ftkit.baseline import NAME, fit_and_score
+        from ftkit.baseline import fit_and_score, name
 
         def joined(table, idx):
             text, pair = self.texts(table, cfg)
             return [text[i] if pair is None else f"{text[i]} {pair[i]}" for i in idx]
 
         (table, targets, idx), (eval_table, eval_targets, eval_idx) = train, held_out
-        idx = [i for i in idx if targets[i] != UNSEEN]  # a teacher's label set may lack a gold label
-        if len({targets[i] for i in idx}) < 2:
-            return None
+        kind = problem(cfg)
+        if kind == "single_label":
+            idx = [i for i in idx if targets[i] != UNSEEN]  # a teacher's label set may lack a gold label
+            if len({targets[i] for i in idx}) < 2:
+                return None
         preds, seconds = fit_and_score(joined(table, idx), [targets[i] for i in idx], joined(eval_table, eval_idx),
-                                       cfg.train.seed)
+                                       cfg.train.seed, kind)
         scores = self.metrics(preds, [eval_targets[i] for i in eval_idx], labels, cfg)
-        return {"method": NAME, **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
+        return {"method": name(kind), **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
                 "seconds": round(seconds, 2)}
 
     def gold_names(self, table: Table, cfg) -> list[str]:
-        return [label_name(v, table, i) for i, v in enumerate(table.column(self._col(cfg, "label"), "label"))]
+        kind = problem(cfg)
+        if kind == "regression":
+            return []
+        if kind == "multi_label":
+            return [n for names in self.label_sets(table, cfg) for n in names]
+        return [label_name(v, table, i) for i, v in enumerate(self._values(table, cfg))]
 
-    def targets(self, table: Table, cfg, labels: list[str]) -> list[int]:
+    def unseen_effect(self, cfg) -> str:
+        return ("left out of the scores and the loss" if problem(cfg) == "multi_label"
+                else super().unseen_effect(cfg))
+
+    def targets(self, table: Table, cfg, labels: list[str]) -> list:
+        kind = problem(cfg)
+        if kind == "regression":
+            return self.numbers(table, cfg)
         ids = {name: i for i, name in enumerate(labels)}
+        if kind == "multi_label":  # one 0/1 per class; a class the model has no output for is left out
+            hot = []
+            for names in self.label_sets(table, cfg):
+                row = [0.0] * len(labels)
+                for n in names:
+                    if n in ids:
+                        row[ids[n]] = 1.0
+                hot.append(row)
+            return hot
         return [ids.get(name, UNSEEN) for name in self.gold_names(table, cfg)]
+
+    def label_counts(self, targets: list, idx: list[int], labels: list[str], cfg) -> dict | None:
+        kind = problem(cfg)
+        if kind == "regression":
+            return None
+        if kind == "multi_label":
+            return {name: int(sum(targets[i][k] for i in idx)) for k, name in enumerate(labels)}
+        return super().label_counts(targets, idx, labels, cfg)
 
     def features(self, enc: dict, targets: list[int], idx: list[int], cfg, training: bool,
                  notes: list[str] | None = None) -> list[dict]:
         return to_features(enc, targets, idx)
 
     def collator(self, tokenizer, cfg):
-        return pad_collate(tokenizer.pad_token_id)
+        pad = pad_collate(tokenizer.pad_token_id)
+        if problem(cfg) == "single_label":
+            return pad
+
+        def collate(features: list[dict]) -> dict:  # float targets: a number, or one 0/1 per class
+            import torch
+
+            batch = pad([{k: v for k, v in f.items() if k != "labels"} for f in features])
+            labels = [f["labels"] for f in features]  # (memory.py's trace gives class ids: the loss is alike)
+            batch["labels"] = torch.tensor(labels, dtype=None if isinstance(labels[0], int) else torch.float32)
+            return batch
+
+        return collate
 
     def example(self, length: int) -> dict:
         return {"input_ids": [5] * length, "labels": 0}
 
-    # ------------------------------------------------------------------ model
     # ------------------------------------------------------------------ evaluation
     def eval_batch(self, model, batch):
-        """-> (loss per example, predictions, references), all tensors on the batch's device. The loss is plain
-        cross-entropy on the logits, so method-specific terms (AdaLoRA's regulariser) stay out of it."""
+        """-> (loss per example, predictions, references), all tensors on the batch's device. The loss is computed
+        here from the logits, so method-specific terms (AdaLoRA's regulariser) stay out of it. The kind of problem
+        shows in the references: class ids (single-label), one 0/1 row per example (multi-label: the predictions
+        are the classes' probabilities), or numbers (regression: the predictions are the outputs)."""
         import torch.nn.functional as F
 
         labels = batch["labels"]
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        if labels.is_floating_point() and labels.dim() == 2:
+            nll = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)
+            return nll, logits.sigmoid(), labels
+        if labels.is_floating_point():
+            out = logits.squeeze(-1)
+            return (out - labels) ** 2, out, labels
         unseen = labels == UNSEEN  # no loss for a label the head has no output for (NaN: left out of the mean)
-        nll = F.cross_entropy(logits.float(), labels.masked_fill(unseen, IGNORE), reduction="none")
+        nll = F.cross_entropy(logits, labels.masked_fill(unseen, IGNORE), reduction="none")
         return nll.masked_fill(unseen, float("nan")), logits.argmax(-1), labels
 
     def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         import numpy as np
 
+        kind = problem(cfg)
+        if kind == "multi_label":
+            probs, gold = np.asarray(preds, dtype=float).reshape(len(preds), -1), np.asarray(refs) > 0.5
+            threshold = cfg.task.get("threshold") or 0.5
+            if cfg.task.get("tune_threshold"):
+                threshold = max(THRESHOLDS, key=lambda t: (multi_label_metrics(probs >= t, gold, labels)["micro_f1"],
+                                                           -abs(t - 0.5)))
+            return multi_label_metrics(probs >= threshold, gold, labels) | {"threshold": float(threshold)}
+        if kind == "regression":
+            return regression_metrics(np.asarray(preds, dtype=float), np.asarray(refs, dtype=float))
         return confusion_metrics(np.asarray(preds), np.asarray(refs), labels)
 
     # ------------------------------------------------------------------ prediction
@@ -130,15 +303,66 @@ class Classification(LabelledTask):
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32, stream: bool = False) -> list[dict]:
         text, pair = self.texts(table, cfg)
         id2label = model.config.id2label
+        kind = problem(cfg)
+        threshold = cfg.task.get("threshold") or 0.5
+
+        def answer(out) -> dict:
+            if kind == "regression":
+                return {"value": round(float(out[0]), 6)}
+            if kind == "multi_label":
+                p = out.sigmoid()
+                return {"labels": [id2label[c] for c, v in enumerate(p) if v >= threshold],
+                        "probs": {id2label[c]: round(float(v), 6) for c, v in enumerate(p)}}
+            p = out.softmax(-1)
+            return {"label": id2label[int(p.argmax())],
+                    "probs": {id2label[c]: round(float(v), 6) for c, v in enumerate(p)}}
 
         def run(chunk: list[str], s: int) -> list[dict]:
             enc = tokenizer(chunk, pair[s:s + len(chunk)] if pair else None, truncation=True,
                             max_length=cfg.data.max_length, padding=True, return_tensors="pt")
-            rows = []
-            for j, p in enumerate(model(**enc.to(model.device)).logits.float().softmax(-1).cpu()):
-                row = {"text": chunk[j]} | ({"text_pair": pair[s + j]} if pair else {})
-                rows.append(row | {"label": id2label[int(p.argmax())],
-                                   "probs": {id2label[c]: round(float(v), 6) for c, v in enumerate(p)}})
-            return rows
+            logits = model(**enc.to(model.device)).logits.float().cpu()
+            return [{"text": chunk[j]} | ({"text_pair": pair[s + j]} if pair else {}) | answer(out)
+                    for j, out in enumerate(logits)]
 
         return batched_predict(model, text, batch_size, run)
+
+
+def multi_label_metrics(pred, gold, labels: list[str]) -> dict:
+    """Micro/macro precision, recall and F1 and per-class scores of boolean [examples, classes] matrices; exact
+    match: the share of examples whose whole set of classes is right. Macro over the classes present in ``gold``."""
+    import numpy as np
+
+    tp, fp, fn = (pred & gold).sum(0), (pred & ~gold).sum(0), (~pred & gold).sum(0)
+
+    def prf(tp, fp, fn):
+        p = np.divide(tp, tp + fp, out=np.zeros_like(tp, dtype=float), where=(tp + fp) > 0)
+        r = np.divide(tp, tp + fn, out=np.zeros_like(tp, dtype=float), where=(tp + fn) > 0)
+        f = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+        return p, r, f
+
+    mp, mr, mf = prf(np.array(tp.sum()), np.array(fp.sum()), np.array(fn.sum()))
+    p, r, f = prf(tp, fp, fn)
+    present = gold.sum(0) > 0
+    return {"micro_f1": float(mf), "macro_f1": float(f[present].mean()) if present.any() else 0.0,
+            "micro_precision": float(mp), "micro_recall": float(mr),
+            "exact_match": float((pred == gold).all(1).mean()) if len(gold) else 0.0,
+            "per_class": {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]),
+                                 "support": int(gold[:, k].sum())} for k, name in enumerate(labels)}}
+
+
+def regression_metrics(pred, gold) -> dict:
+    """MSE, RMSE, MAE, R² (1 - squared error / variance of the references: the main metric), Pearson and
+    Spearman correlation (0 when either side is constant)."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    def pearson(a, b) -> float:
+        a, b = a - a.mean(), b - b.mean()
+        denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+    err = pred - gold
+    mse, var = float((err ** 2).mean()), float(gold.var())
+    return {"r2": 1 - mse / var if var > 0 else 0.0, "mse": mse, "rmse": float(np.sqrt(mse)),
+            "mae": float(np.abs(err).mean()), "pearson": pearson(pred, gold),
+            "spearman": pearson(rankdata(pred), rankdata(gold))}

@@ -225,7 +225,7 @@ class Generation(Task):
     def peft_task_type(self, model_config) -> str:
         return "SEQ_2_SEQ_LM" if getattr(model_config, "is_encoder_decoder", False) else "CAUSAL_LM"
 
-    def config_overrides(self, labels: list[str]) -> dict:
+    def config_overrides(self, labels: list[str], cfg=None) -> dict:
         return {}
 
     def head_modules(self, model) -> list[str]:

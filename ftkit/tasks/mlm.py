@@ -141,7 +141,7 @@ class MaskedLM(Task):
     def peft_task_type(self, model_config) -> str:
         return "FEATURE_EXTRACTION"  # peft has no masked-LM type; this one passes the labels through
 
-    def config_overrides(self, labels: list[str]) -> dict:
+    def config_overrides(self, labels: list[str], cfg=None) -> dict:
         return {}
 
     def head_modules(self, model) -> list[str]:
