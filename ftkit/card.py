@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ftkit.data import sources, spec_name
+
 
 def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, seconds: float, n_train: int,
                n_eval: int, adapter: bool, auto_class: str, labelled: bool, hub_task: str,
@@ -34,12 +36,13 @@ def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, sec
         load = f"from transformers import {auto_class}\nmodel = {auto_class}.from_pretrained(RUN_DIR)"
     import yaml
 
+    trained_on = spec_name(cfg.data.train)
     header = {"base_model": base, "library_name": "peft" if adapter else "transformers",
               "pipeline_tag": hub_task, "tags": ["ftkit", cfg.task_name, cfg.method_name],
-              "datasets": [cfg.data.train], "metrics": [k for k in scalars if k != "step"],
+              "datasets": sources(cfg.data.train), "metrics": [k for k in scalars if k != "step"],
               "model-index": [{"name": Path(cfg.output or "run").name, "results": [{
                   "task": {"type": hub_task},
-                  "dataset": {"name": cfg.data.eval or f"{cfg.data.train} (held-out split)", "type": "ftkit"},
+                  "dataset": {"name": cfg.data.eval or f"{trained_on} (held-out split)", "type": "ftkit"},
                   "metrics": [{"type": k, "value": v} for k, v in scalars.items() if k != "step"]}]}]}
     hyper = {**{f"method.{k}": v for k, v in cfg.method.items()},
              **{f"train.{k}": v for k, v in vars(cfg.train).items()},
@@ -51,7 +54,7 @@ def model_card(cfg, *, base: str, trainable: int, total: int, metrics: dict, sec
 
 # {cfg.task_name} / {cfg.method_name} fine-tune of `{cfg.model.name}`
 
-Trained with ftkit on `{cfg.data.train}` ({n_train} training rows, {n_eval} held-out rows) in {seconds:.0f} s.
+Trained with ftkit on `{trained_on}` ({n_train} training rows, {n_eval} held-out rows) in {seconds:.0f} s.
 Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%).
 
 ## Results (best evaluation, step {metrics.get("step", "?")})

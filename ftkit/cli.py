@@ -23,7 +23,9 @@ def train(
     method: Annotated[Optional[str], typer.Option(help="Method: full, head, lora, dora, adalora, ia3, prefix or "
                                                        "prompt.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Built-in model name or checkpoint dir.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Training data file or built-in dataset.")] = None,
+    data: Annotated[Optional[list[str]], typer.Option(
+        metavar="FILE", help="Training data file or built-in dataset; repeat it to mix several (shares: --set "
+                             "data.weights=[3,1]).")] = None,
     eval_data: Annotated[Optional[str], typer.Option(help="Evaluation data (default: a seeded held-out "
                                                           "split of --data).")] = None,
     output: Annotated[Optional[str], typer.Option(help="Run directory to write.")] = None,
@@ -65,7 +67,8 @@ def train(
     flags = {"task": task, "method": method, "output": output,
              "model": {"name": model, "quant": quant, "trust_remote_code": trust_remote_code,
                        "allow_pickle": allow_pickle},
-             "data": {"train": data, "eval": eval_data, "max_length": max_length},
+             "data": {"train": data[0] if data and len(data) == 1 else data, "eval": eval_data,
+                      "max_length": max_length},
              "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
                        "grad_accum": grad_accum, "seed": seed, "precision": precision,
                        "gradient_checkpointing": gradient_checkpointing, "run_name": run_name,

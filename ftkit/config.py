@@ -36,7 +36,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = _f("polarity", "Training data: a csv/tsv/jsonl/json/parquet file or a built-in dataset name.")
+    train: str | list[str] = _f("polarity", "Training data: a csv/tsv/jsonl/json/parquet file or a built-in dataset "
+                                            "name, or a list of them (read one after another; see `weights`).")
+    weights: list[float] | None = _f(None, "With several training sources: each one's share of the training rows "
+                                           "(e.g. [3, 1]: 75% and 25%), drawn once per run with the seed; a source "
+                                           "short of its share repeats. Unset: every row once.")
     eval: str | None = _f(None, "Evaluation data file; when absent a seeded held-out split of `train` is used.")
     eval_fraction: float = _f(0.1, "Share of `train` held out for evaluation when `eval` is not given.")
     columns: dict = _f({}, "Column names by role, e.g. {text: sentence, label: y}; roles depend on the task.")
@@ -216,6 +220,13 @@ def validate(cfg: Config) -> None:
     for tracker in t.report_to:
         _check(tracker in REPORT_TO, "train.report_to", tracker, " or ".join(REPORT_TO))
     _check(0 < d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
+    train_sources = d.train if isinstance(d.train, list) else [d.train]
+    n_sources = len(train_sources)
+    _check(bool(train_sources) and all(isinstance(x, str) and x for x in train_sources), "data.train", d.train,
+           "a file or built-in dataset name, or a list of them")
+    _check(d.weights is None or (len(d.weights) == n_sources and n_sources > 1 and all(w > 0 for w in d.weights)),
+           "data.weights", d.weights, f"one number > 0 per training source ({n_sources} given in data.train)"
+           + ("; weights mix several sources" if n_sources == 1 else ""))
     _check(d.max_length is None or d.max_length > 0, "data.max_length", d.max_length, "an integer > 0")
     k = cfg.distill
     _check(0 <= k.alpha <= 1, "distill.alpha", k.alpha, "a number in [0, 1]")

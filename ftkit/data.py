@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from ftkit.errors import UsageError
-from ftkit.table import Table
+from ftkit.table import Table, concat
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".conll", ".iob", ".bio", ".txt")
 
@@ -33,6 +33,40 @@ def read_table(spec: str) -> Table:
     if len(table) == 0:
         raise UsageError(f"{spec}: no data rows")
     return table
+
+
+def sources(spec) -> list[str]:
+    """The files or built-in datasets of a data spec: one, or a list of them (``data.train: [a.csv, b.csv]``)."""
+    return list(spec) if isinstance(spec, (list, tuple)) else [spec]
+
+
+def spec_name(spec) -> str:
+    return " + ".join(sources(spec))
+
+
+def read_training(spec) -> tuple[Table, list[int]]:
+    """The training data — several sources read and put one after another — and, per row, which source it came
+    from."""
+    tables = [read_table(s) for s in sources(spec)]
+    return concat(tables), [k for k, t in enumerate(tables) for _ in range(len(t))]
+
+
+def mix(idx: list[int], origin: list[int], weights: list[float], seed: int) -> tuple[list[int], list[str]]:
+    """Training rows ``idx`` redrawn so that source k makes up weights[k] / sum(weights) of them, the total staying
+    ``len(idx)``: a source short of its share is repeated (whole copies, then a seeded sample of the rest), one
+    over it is sampled down (seeded). -> (the rows, drawn once for the run; a line per source for the log)."""
+    rng = random.Random(seed)
+    by_source = [[i for i in idx if origin[i] == k] for k in range(len(weights))]
+    out, notes = [], []
+    for k, (rows, w) in enumerate(zip(by_source, weights)):
+        want = round(len(idx) * w / sum(weights))
+        if not rows:
+            raise UsageError(f"data.train source {k + 1} has no training rows (all held out?); pass --eval-data "
+                             "or give it more rows")
+        copies, rest = divmod(want, len(rows))
+        out += rows * copies + sorted(rng.sample(rows, rest))
+        notes.append(f"{len(rows)} rows -> {want} ({100 * want / max(1, len(idx)):.0f}%)")
+    return out, notes
 
 
 def _text(path: Path) -> str:
@@ -185,9 +219,12 @@ def held_out_split(table: Table, fraction: float, seed: int) -> tuple[list[int],
     return sorted(idx[n_eval:]), sorted(idx[:n_eval])
 
 
-def fingerprint(spec: str) -> str:
+def fingerprint(spec) -> str:
     """Identifies the content of a data spec for caching (file size + mtime, or the built-in's name)."""
     from ftkit import catalog
+
+    if isinstance(spec, (list, tuple)):
+        return "+".join(fingerprint(s) for s in spec)
 
     if spec in catalog.DATASETS:
         return f"builtin:{spec}:{catalog.DATASETS[spec].version}"

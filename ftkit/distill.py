@@ -83,13 +83,13 @@ def layers_dropped(target, keep: int) -> Path:
 def with_unlabelled(target, unlabelled: str) -> dict:
     """The teacher's training rows plus ``unlabelled`` texts with the teacher's predictions as their labels, and its
     evaluation rows (its own held-out split when it had no eval file) -> data.train / data.eval for the student."""
-    from ftkit.data import held_out_split, read_table
+    from ftkit.data import held_out_split, read_table, read_training
     from ftkit.inference import predict
     from ftkit.runs import load_trained
 
     cfg, task = target.cfg, target.task
     texts = _texts(unlabelled)
-    train_table = read_table(cfg.data.train)
+    train_table = read_training(cfg.data.train)[0]
     if cfg.data.eval:
         eval_table = read_table(cfg.data.eval)
     else:

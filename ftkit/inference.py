@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ftkit import config as config_mod
-from ftkit.data import Table, held_out_split, read_table, same_data
+from ftkit.data import Table, held_out_split, read_table, read_training, same_data, sources
 from ftkit.errors import UsageError
 from ftkit.models import cpu_kernels
 
@@ -49,13 +49,21 @@ def eval_data(target, data: str, sets: list[str], all_rows: bool = False) -> Eva
     table = read_table(data)
     target.task.check(table, cfg)
     run = target.cfg
-    if run is None or not run.data.train or not same_data(data, run.data.train):
+    trained_on = sources(run.data.train) if run is not None and run.data.train else []
+    match = next((k for k, spec in enumerate(trained_on) if same_data(data, spec)), None)
+    if match is None:
         return EvalData(table, "all", [])
     where = f"{data} is the data {target.path} was trained on"
     if run.data.eval is not None:  # the run was evaluated on other data: every row here trained it
         return EvalData(table, "all", [f"warning: {where}: every row scored here trained it, so the scores overstate "
                                        "how it does on new data"])
-    trained, held = held_out_split(table, run.data.eval_fraction, run.train.seed)
+    if len(trained_on) == 1:
+        trained, held = held_out_split(table, run.data.eval_fraction, run.train.seed)
+    else:  # one of several sources: the split was drawn over all of them, one after another
+        full, origin = read_training(run.data.train)
+        start = origin.index(match)
+        trained, held = ([i - start for i in rows if origin[i] == match]
+                         for rows in held_out_split(full, run.data.eval_fraction, run.train.seed))
     if all_rows:
         return EvalData(table, "all", [f"warning: {where}: {len(trained):,} of the {len(table):,} rows scored trained "
                                        "it, so the scores overstate how it does on new data"])

@@ -92,11 +92,11 @@ def pruned(target, ffn: float, layers: int, samples: int) -> tuple[Path, dict]:
 
 def scoring_batches(loaded, samples: int, batch_size: int = 16) -> list[dict]:
     """Batches of the run's own training rows (not its held-out ones), with their gold labels."""
-    from ftkit.data import held_out_split, read_table
+    from ftkit.data import held_out_split, read_training
     from ftkit.inference import model_labels, settings
 
     cfg, task = settings(loaded, []), loaded.task
-    table = read_table(cfg.data.train)
+    table = read_training(cfg.data.train)[0]
     rows = list(range(len(table))) if cfg.data.eval else held_out_split(table, cfg.data.eval_fraction,
                                                                         cfg.train.seed)[0]
     rows = rows[:samples]

@@ -14,6 +14,7 @@ class Table:
     source: str
     columns: dict[str, list]
     where: list[str] = field(default_factory=list)  # e.g. "line 12" per row; empty = "row i"
+    located: bool = False  # ``where`` names the file too (tables put together from several files: ``concat``)
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
@@ -22,7 +23,7 @@ class Table:
         return self.where[i] if self.where else f"row {i + 1}"
 
     def locate(self, i: int) -> str:
-        return f"{self.source}: {self.where_is(i)}"
+        return self.where_is(i) if self.located else f"{self.source}: {self.where_is(i)}"
 
     def column(self, name: str, role: str) -> list:
         if name not in self.columns:
@@ -41,4 +42,14 @@ class Table:
 
     def select(self, idx: list[int]) -> Table:
         return Table(self.source, {k: [v[i] for i in idx] for k, v in self.columns.items()},
-                     [self.where[i] for i in idx] if self.where else [f"row {i + 1}" for i in idx])
+                     [self.where[i] for i in idx] if self.where else [f"row {i + 1}" for i in idx], self.located)
+
+
+def concat(tables: list[Table]) -> Table:
+    """Tables one after another; a column one of them lacks is None in its rows (the task's checks name them)."""
+    if len(tables) == 1:
+        return tables[0]
+    names = list(dict.fromkeys(c for t in tables for c in t.columns))
+    columns = {c: [v for t in tables for v in t.columns.get(c, [None] * len(t))] for c in names}
+    return Table(" + ".join(t.source for t in tables), columns,
+                 [t.locate(i) for t in tables for i in range(len(t))], located=True)

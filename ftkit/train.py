@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ftkit import catalog
 from ftkit import config as config_mod
-from ftkit.data import Table, fingerprint, held_out_split, read_table
+from ftkit.data import Table, fingerprint, held_out_split, mix, read_table, read_training, sources, spec_name
 from ftkit.errors import UsageError
 from ftkit.files import write_text
 
@@ -90,7 +90,8 @@ def resolve(cfg: config_mod.Config, task, method, run_dir: Path | None, model_co
     absolute paths (data, model, teacher). This is what ftkit.yaml holds: training it again decides nothing anew."""
     R = dataclasses.replace
     cfg = R(cfg, train=R(cfg.train, lr=cfg.train.lr or method.lr_for(task.name)),
-            data=R(cfg.data, train=_absolute(cfg.data.train), eval=_absolute(cfg.data.eval), max_length=max_length),
+            data=R(cfg.data, train=_absolute_each(cfg.data.train), eval=_absolute(cfg.data.eval),
+                   max_length=max_length),
             model=R(cfg.model, name=_absolute(cfg.model.name)), distill=R(cfg.distill, teacher=_absolute(
                 cfg.distill.teacher)), output=str(run_dir.resolve()) if run_dir else None)
     if cfg.train.group_by_length is None:
@@ -99,7 +100,7 @@ def resolve(cfg: config_mod.Config, task, method, run_dir: Path | None, model_co
     return cfg
 
 
-def encode_cached(task, tokenizer, model_config, table: Table, spec: str, cfg) -> dict[str, list[list[int]]]:
+def encode_cached(task, tokenizer, model_config, table: Table, spec, cfg) -> dict[str, list[list[int]]]:
     """Tokenize a whole table once; reused from the cache by later runs on the same data and tokenizer."""
     from ftkit.cache import cached_encodings
 
@@ -121,7 +122,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     run_dir = prepare_run_dir(cfg.output, overwrite, resume) if cfg.output or not dry_run else None
 
     # Data first: a bad row should fail in a second, not after the model has loaded.
-    train_table = read_table(cfg.data.train)
+    train_table, origin = read_training(cfg.data.train)
     task.check(train_table, cfg)
     labels = task.label_space(train_table, cfg)
     if cfg.distill.teacher:  # the student answers in the teacher's label set
@@ -138,8 +139,16 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     else:
         eval_table, eval_targets, eval_warning = train_table, train_targets, None
         train_idx, eval_idx = held_out_split(train_table, cfg.data.eval_fraction, cfg.train.seed)
+    mixing = []  # what the log says of it
+    if cfg.data.weights:
+        train_idx, shares = mix(train_idx, origin, cfg.data.weights, cfg.train.seed)
+        mixing = ["data mix (data.weights): " + "; ".join(f"{name}: {share}" for name, share in zip(
+            sources(cfg.data.train), shares))]
+    augmented = task.augmentation(train_table, train_targets, train_idx, cfg)  # (table, targets, note) or None
+    if augmented:
+        mixing.append(augmented[2])
     if len(train_idx) < cfg.train.batch_size:
-        raise UsageError(f"{cfg.data.train}: {len(train_idx)} training rows are fewer than one batch "
+        raise UsageError(f"{spec_name(cfg.data.train)}: {len(train_idx)} training rows are fewer than one batch "
                          f"(train.batch_size {cfg.train.batch_size}); lower --batch-size or add data")
 
     from datetime import timedelta
@@ -195,11 +204,18 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, model.config, eval_table,
                                                                          cfg.data.eval, cfg)
-    data_notes = []  # shown once the reporter exists: on the main process only, respecting --quiet
+    if augmented:  # rows after the table's own, training only (eval_enc keeps the originals)
+        extra_table, extra_targets, _ = augmented
+        extra = task.encode(tokenizer, extra_table, cfg, model.config)
+        n = len(train_table)
+        train_enc = {k: v + extra[k] for k, v in train_enc.items()}
+        train_targets = train_targets + extra_targets
+        train_idx = train_idx + list(range(n, n + len(extra_targets)))
+    data_notes = mixing  # shown once the reporter exists: on the main process only, respecting --quiet
     train_features = task.features(train_enc, train_targets, train_idx, cfg, training=True, notes=data_notes)
     eval_features = task.features(eval_enc, eval_targets, eval_idx, cfg, training=False, notes=data_notes)
     if not eval_features:
-        raise UsageError(f"{cfg.data.eval or cfg.data.train}: the evaluation split has no usable rows")
+        raise UsageError(f"{cfg.data.eval or spec_name(cfg.data.train)}: the evaluation split has no usable rows")
 
     ctx = Context(head=trained_modules(task.head_modules(model), fresh),
                   peft_task_type=task.peft_task_type(model.config),
@@ -291,6 +307,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         write_text(run_dir / "metrics.json", json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return summary
+
+
+def _absolute_each(spec):
+    return [_absolute(s) for s in spec] if isinstance(spec, list) else _absolute(spec)
 
 
 def _absolute(spec: str | None) -> str | None:

@@ -80,6 +80,11 @@ class Task:
         ``held_out`` are (table, targets, row indices). Default: none."""
         return None
 
+    def augmentation(self, table, targets: list, idx: list[int], cfg):
+        """Extra training rows made from rows ``idx`` of ``table`` (``task.augment``): (a table of them, their
+        targets, a line for the log), or None. Default: none."""
+        return None
+
     def unseen_labels(self, table, cfg, labels: list[str]) -> dict[str, int]:
         """Gold labels of ``table`` the model was not trained on, with their counts. Default: none (no labels)."""
         return {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from dataclasses import dataclass, field
 
 from ftkit.data import to_features
@@ -26,6 +27,7 @@ PROBLEMS = {"single_label": "single_label_classification", "multi_label": "multi
             "regression": "regression"}
 THRESHOLD_KEY = "multi_label_threshold"  # config.json: the threshold a multi-label run was evaluated with
 THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]  # task.tune_threshold's candidates
+AUGMENTATIONS = ("delete", "swap")
 
 
 @dataclass
@@ -41,6 +43,14 @@ class ClsParams:
                 "labels given as lists need none."})
     threshold: float | None = field(default=None, metadata={
         "help": "multi_label: the probability from which a class is predicted; unset: the run's tuned one, or 0.5."})
+    augment: list[str] = field(default_factory=list, metadata={
+        "help": "Text augmentation of the training rows (never the evaluation rows), needing no external resource: "
+                "delete (drop each word with probability augment_prob) and/or swap (swap augment_prob x the words' "
+                "count of random word pairs, at least one); each augmented copy uses one of them, drawn with the "
+                "seed."})
+    augment_prob: float = field(default=0.1, metadata={"help": "Share of the words each augmentation touches."})
+    augment_copies: int = field(default=1, metadata={
+        "help": "Augmented copies of each training row added to the originals (with task.augment)."})
     tune_threshold: bool = field(default=False, metadata={
         "help": "multi_label: choose the threshold (0.05 to 0.95) that maximises micro-F1 on the evaluation split at "
                 "each evaluation; the chosen one is stored with the model and used by eval, predict and serve. The "
@@ -75,6 +85,16 @@ class Classification(LabelledTask):
             raise UsageError(f"config key 'task.threshold': got {threshold!r}, expected a number in (0, 1)")
         if not cfg.task.get("label_separator"):
             raise UsageError("config key 'task.label_separator': expected a non-empty string")
+        unknown = [op for op in cfg.task.get("augment", []) if op not in AUGMENTATIONS]
+        if unknown:
+            raise UsageError(f"config key 'task.augment': got {unknown[0]!r}, expected a list of "
+                             f"{' and/or '.join(AUGMENTATIONS)}")
+        if not 0 < cfg.task.get("augment_prob", 0.1) < 1:
+            raise UsageError(f"config key 'task.augment_prob': got {cfg.task['augment_prob']!r}, expected a number "
+                             "in (0, 1)")
+        if cfg.task.get("augment_copies", 1) < 1:
+            raise UsageError(f"config key 'task.augment_copies': got {cfg.task['augment_copies']!r}, expected an "
+                             "integer >= 1")
 
     def single_class(self, cfg) -> bool:
         return problem(cfg) == "single_label"
@@ -202,6 +222,26 @@ class Classification(LabelledTask):
         return {"method": name(kind), **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
                 "seconds": round(seconds, 2)}
 
+    def augmentation(self, table: Table, targets: list, idx: list[int], cfg):
+        ops, p, copies = cfg.task.get("augment"), cfg.task.get("augment_prob"), cfg.task.get("augment_copies")
+        if not ops:
+            return None
+        rng = random.Random(cfg.train.seed)
+        text, pair = self.texts(table, cfg)
+        rows, out_targets = {"text": [], "pair": []}, []
+        for _ in range(copies):
+            for i in idx:
+                op = rng.choice(ops)
+                rows["text"].append(augment_words(text[i], op, p, rng))
+                if pair is not None:
+                    rows["pair"].append(augment_words(pair[i], op, p, rng))
+                out_targets.append(targets[i])
+        columns = {self._col(cfg, "text"): rows["text"]} | (
+            {self._col(cfg, "text_pair"): rows["pair"]} if pair is not None else {})
+        note = (f"augmentation (task.augment): {copies} cop{'y' if copies == 1 else 'ies'} of each of the {len(idx)} "
+                f"training rows ({' or '.join(ops)}, {p:g} of the words), {len(out_targets)} rows added")
+        return Table(f"{table.source} (augmented)", columns), out_targets, note
+
     def gold_names(self, table: Table, cfg) -> list[str]:
         kind = problem(cfg)
         if kind == "regression":
@@ -325,6 +365,21 @@ class Classification(LabelledTask):
                     for j, out in enumerate(logits)]
 
         return batched_predict(model, text, batch_size, run)
+
+
+def augment_words(text: str, op: str, p: float, rng) -> str:
+    """``text`` with words (split on whitespace) deleted — each with probability ``p``, one kept at least — or
+    swapped — round(p x words) random pairs, at least one. A one-word text is left as it is."""
+    words = text.split()
+    if len(words) < 2:
+        return text
+    if op == "delete":
+        kept = [w for w in words if rng.random() >= p]
+        return " ".join(kept or [rng.choice(words)])
+    for _ in range(max(1, round(p * len(words)))):
+        a, b = rng.sample(range(len(words)), 2)
+        words[a], words[b] = words[b], words[a]
+    return " ".join(words)
 
 
 def multi_label_metrics(pred, gold, labels: list[str]) -> dict:

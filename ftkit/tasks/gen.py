@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ftkit.data import spec_name
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS, Task
@@ -115,7 +116,7 @@ class Generation(Task):
                          f"within data.max_length={cfg.data.max_length} and are skipped (raise --max-length to keep "
                          "them)")
         if not kept:
-            raise UsageError(f"{cfg.data.train}: no training row keeps any response token within "
+            raise UsageError(f"{spec_name(cfg.data.train)}: no training row keeps any response token within "
                              f"data.max_length={cfg.data.max_length}; raise --max-length")
         return kept
 
