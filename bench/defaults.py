@@ -3,6 +3,8 @@
     .venv/bin/python bench/defaults.py --study lora --seeds 1,2,3          # LoRA's learning rate and targets
     .venv/bin/python bench/defaults.py --study options --seeds 1,2,3       # the train.* objectives against none
     .venv/bin/python bench/defaults.py --study length --datasets polarity-300,pos-wsj-300,pos-wsj   # min_steps
+    .venv/bin/python bench/defaults.py --study augment --datasets polarity   # cls text augmentation
+    .venv/bin/python bench/defaults.py --study scheduler                     # linear / cosine / constant
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
 with everything else at its default; the held-out split is the run's own (seeded by train.seed, so each seed also
@@ -35,6 +37,15 @@ STUDIES = {
     "length": {
         "epochs alone (3)": [],
         "min_steps=300": ["--set", "train.min_steps=300"],
+    },
+    "augment": {  # cls only: --datasets polarity
+        "none": [],
+        "augment delete/swap, 1 copy, 0.1 of the words": ["--set", "task.augment=[delete,swap]"],
+    },
+    "scheduler": {
+        "linear (default)": [],
+        "cosine": ["--set", "train.scheduler=cosine"],
+        "constant": ["--set", "train.scheduler=constant"],
     },
     "options": {
         "none": [],

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli, train_args
+from conftest import run_cli, sentiment_rows, train_args, write_rows
 from ftkit import config
 from ftkit.errors import UsageError
 from ftkit.methods import METHODS
@@ -119,8 +119,14 @@ def test_shipped_recipe_trains_on_a_tiny_model(name, data_for, tmp_path):
     """Each recipe's own task/method settings, on the tiny model and data of its task, for a few steps."""
     from ftkit import recipes
 
-    task = config.resolve(recipes.find(name), {}, []).task_name
-    model, data, _ = data_for[task]
+    cfg = config.resolve(recipes.find(name), {}, [])
+    model, data, _ = data_for[cfg.task_name]
+    kind = cfg.task.get("problem", "single_label")
+    if kind != "single_label":  # the sentiment rows' labels as the recipe's kind of problem wants them
+        as_kind = {"regression": lambda y: 1.0 if y == "positive" else -1.0, "multi_label": lambda y: [y]}[kind]
+        data = {split: write_rows(tmp_path / f"{split}.jsonl", [r | {"label": as_kind(r["label"])} for r in
+                                                               sentiment_rows(n, seed=seed)])
+                for split, n, seed in (("train", 64, 1), ("eval", 16, 2))}
     out = tmp_path / "run"
     result = run_cli("train", name, *train_args(model, data, out, "--max-steps", "4", "--batch-size", "8")[1:])
     assert result.exit_code == 0, result.output

@@ -100,11 +100,11 @@ class Classification(LabelledTask):
         return problem(cfg) == "single_label"
 
     def with_model_settings(self, cfg, model_config):
-        """The problem kind and tuned threshold a trained model carries in its config.json (a plain checkpoint or
-        an export has no ftkit.yaml), unless the run's config or --set already says."""
+        """The problem kind a trained model carries in its config.json (a plain checkpoint or an export has no
+        ftkit.yaml; its head and loss follow it), and its tuned threshold unless --set gives one."""
         kind = {v: k for k, v in PROBLEMS.items()}.get(getattr(model_config, "problem_type", None))
         task = dict(cfg.task)
-        if kind and kind != task.get("problem"):
+        if kind:
             task["problem"] = kind
         if task.get("threshold") is None and getattr(model_config, THRESHOLD_KEY, None) is not None:
             task["threshold"] = float(getattr(model_config, THRESHOLD_KEY))
