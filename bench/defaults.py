@@ -5,6 +5,7 @@
     .venv/bin/python bench/defaults.py --study length --datasets polarity-300,pos-wsj-300,pos-wsj   # min_steps
     .venv/bin/python bench/defaults.py --study augment --datasets polarity   # cls text augmentation
     .venv/bin/python bench/defaults.py --study scheduler                     # linear / cosine / constant
+    .venv/bin/python bench/defaults.py --study proposed --datasets polarity,pos-wsj,polarity-300,pos-wsj-300
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
 with everything else at its default; the held-out split is the run's own (seeded by train.seed, so each seed also
@@ -41,6 +42,10 @@ STUDIES = {
     "augment": {  # cls only: --datasets polarity
         "none": [],
         "augment delete/swap, 1 copy, 0.1 of the words": ["--set", "task.augment=[delete,swap]"],
+    },
+    "proposed": {  # the candidate defaults for cls/tag LoRA, against the current ones
+        "current (lr 2e-3, query+value, epochs alone)": [],
+        "all linear + min_steps=300": ["--set", "method.target_modules=all-linear", "--set", "train.min_steps=300"],
     },
     "scheduler": {
         "linear (default)": [],

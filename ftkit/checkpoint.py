@@ -91,12 +91,17 @@ class Checkpointer:
         """The current weights are the best so far (called on every rank: FSDP gathers its shards here)."""
         from accelerate.utils import DistributedType
 
+        from ftkit.models import without_training_only
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
         state = (self.accelerator.get_state_dict(self.model) if self.accelerator.distributed_type ==
                  DistributedType.FSDP else None)
         if self.accelerator.is_main_process:
             final = self.best_path(step)
             tmp = _fresh_tmp(final)
-            self.accelerator.unwrap_model(self.model).save_pretrained(tmp, state_dict=state)
+            # the model's own weights: not a training-only submodule's (a full model's state holds it)
+            state = without_training_only(state if state is not None else unwrapped.state_dict()) or state
+            unwrapped.save_pretrained(tmp, state_dict=state)
             _replace_dir(tmp, final)
             self.best_step = step
             self._prune()

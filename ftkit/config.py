@@ -105,7 +105,7 @@ class DistillConfig:
     alpha: float = _f(0.5, "Weight of the distillation term (KL to the teacher); 1 - alpha weighs the gold labels.")
     temperature: float = _f(2.0, "Softening temperature of both models' outputs (the KL is scaled by its square).")
     hidden_weight: float = _f(0.0, "Weight of matching hidden states (MSE, each student layer to the teacher layer "
-                                   "it maps to; equal widths). 0: off.")
+                                   "it maps to; a student of another width through a learned projection). 0: off.")
 
 
 DEFAULT_MAX_LENGTH = 128

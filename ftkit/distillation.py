@@ -3,7 +3,8 @@
 The student learns ``alpha * T² * KL(teacher_T || student_T) + (1 - alpha) * CE(gold)`` (Hinton et al. 2015), where
 ``_T`` is a softmax at temperature T; for token tagging over the tokens that carry a label. With
 ``distill.hidden_weight`` it also matches hidden states: student layer i (of S) to teacher layer round(i * L / S),
-MSE over real tokens. Rows without a gold label (-100) count in the KL term only."""
+MSE over real tokens — through a learned projection when the widths differ (``add_projection``). Rows without a gold
+label (-100) count in the KL term only."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def teacher_labels(cfg, task, tables) -> list[str]:
 
 
 def check_student(cfg, task, student_tokenizer, student_config) -> None:
-    """Before any weights load: the student reads text into the teacher's token ids, and hidden states are matched
-    only between equal widths."""
+    """Before any weights load: the student reads text into the teacher's token ids, and both models have a width
+    to match hidden states by."""
     from ftkit.models import load_tokenizer
 
     target = teacher_target(cfg, task)
@@ -54,12 +55,26 @@ def check_student(cfg, task, student_tokenizer, student_config) -> None:
         raise UsageError(f"model.name {cfg.model.name}: its tokenizer differs from the teacher's "
                          f"({target.path}); distillation needs the same vocabulary (use the teacher's base, "
                          "`--student layers=N`, or a model of the same family)")
-    if cfg.distill.hidden_weight > 0:
-        width = json.loads((target.path / "config.json").read_text(encoding="utf-8")).get("hidden_size")
-        if width != getattr(student_config, "hidden_size", None):
-            raise UsageError(f"distill.hidden_weight: the student's hidden size "
-                             f"({getattr(student_config, 'hidden_size', None)}) differs from the teacher's ({width});"
-                             " hidden states are matched between equal widths only; set distill.hidden_weight=0")
+    teacher_width = json.loads((target.path / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+    if cfg.distill.hidden_weight > 0 and not (teacher_width and getattr(student_config, "hidden_size", None)):
+        raise UsageError("distill.hidden_weight: the teacher's or the student's config has no hidden_size to match "
+                         "hidden states by; set distill.hidden_weight=0")
+
+
+def add_projection(model, teacher) -> str | None:
+    """With hidden states matched between different widths: a learned linear map from the student's width to the
+    teacher's (TinyBERT's W_h, Jiao et al. 2020), attached to ``model`` as its training-only submodule — it trains
+    with the student and is checkpointed with it, but is not part of the saved model. -> a line for the log."""
+    import torch
+
+    from ftkit.models import TRAINING_ONLY
+
+    student, wanted = model.config.hidden_size, teacher.config.hidden_size
+    if student == wanted:
+        return None
+    model.add_module(TRAINING_ONLY, torch.nn.ModuleDict({"hidden": torch.nn.Linear(student, wanted)}))
+    return (f"distillation: hidden states {student} wide -> the teacher's {wanted} through a learned projection "
+            "(trained with the student, not saved with it)")
 
 
 def load_teacher(cfg, task, device):
@@ -82,6 +97,8 @@ def distilling_loss(teacher, params):
     import torch
     import torch.nn.functional as F
 
+    from ftkit.models import TRAINING_ONLY
+
     alpha, temp, hidden_weight = params.alpha, params.temperature, params.hidden_weight
 
     def loss(model, batch):
@@ -100,8 +117,11 @@ def distilling_loss(teacher, params):
         if hidden_weight > 0:
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pairs = layer_map(len(out.hidden_states) - 1, len(ref.hidden_states) - 1)
-            mse = sum(((out.hidden_states[s] - ref.hidden_states[t]) ** 2 * mask).sum() for s, t in pairs)
-            total = total + hidden_weight * mse / (mask.sum() * out.hidden_states[-1].shape[-1] * len(pairs))
+            own = model.module if hasattr(model, "module") else model  # DDP's wrapper
+            extra = getattr(own, TRAINING_ONLY, None)
+            project = extra["hidden"] if extra is not None else (lambda h: h)
+            mse = sum(((project(out.hidden_states[s]) - ref.hidden_states[t]) ** 2 * mask).sum() for s, t in pairs)
+            total = total + hidden_weight * mse / (mask.sum() * ref.hidden_states[-1].shape[-1] * len(pairs))
         return total
 
     return loss

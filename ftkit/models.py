@@ -72,10 +72,21 @@ def check_weights_format(path: Path, allow_pickle: bool = False) -> None:
                          "loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
 
 
+# A submodule the training loss uses besides the model (distillation's hidden-state projection): it trains and is
+# checkpointed with the model, but is not counted as the model's nor saved with its weights.
+TRAINING_ONLY = "ftkit_training_only"
+
+
 def count_params(model) -> tuple[int, int]:
-    """(trainable, total) parameters."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameters of the model (not of a training-only submodule)."""
+    params = [p for n, p in model.named_parameters() if not n.startswith(TRAINING_ONLY)]
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def without_training_only(state: dict) -> dict | None:
+    """``state`` less any training-only submodule's tensors; None when there are none (save as usual)."""
+    kept = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY)}
+    return kept if len(kept) < len(state) else None
 
 
 def quantization(mode: str, task):

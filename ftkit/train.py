@@ -225,11 +225,13 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     model = method.apply(model, cfg.method_params, ctx)
     fsdp_wrap_classes(accelerator, model)
     batches = task.batching(model, tokenizer, cfg, train_features)
+    trainable, total = count_params(model)
     if cfg.distill.teacher:
-        from ftkit.distillation import distilling_loss, load_teacher
+        from ftkit.distillation import add_projection, distilling_loss, load_teacher
 
-        batches = dataclasses.replace(batches, loss=distilling_loss(
-            load_teacher(cfg, task, accelerator.device), cfg.distill))
+        teacher = load_teacher(cfg, task, accelerator.device)
+        note = add_projection(model, teacher) if cfg.distill.hidden_weight > 0 else None
+        batches = dataclasses.replace(batches, loss=distilling_loss(teacher, cfg.distill), note=note or batches.note)
     elif config_mod.objectives_set(cfg.train):
         from ftkit.objectives import class_weights, classification_loss
 
@@ -238,7 +240,6 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     with cpu_kernels(model, cfg.train.precision):
         check_forward(model, batches.collate(eval_features[:1]), task,
                       f"method {cfg.method_name!r} on {cfg.model.name} ({architecture})")
-    trainable, total = count_params(model)
     step_hook = method.step_hook(model)
     main_metric = task.main_metric(labels, cfg)
 

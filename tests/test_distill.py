@@ -145,3 +145,72 @@ def test_a_tagger_distils_with_hidden_states_matched(tiny_model, ner, tmp_path, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["main_metric"] == json.loads((teacher / "metrics.json").read_text())["main_metric"]
     assert math.isfinite(metrics["eval"]["loss"])
+
+
+def test_hidden_states_of_another_width_are_matched_through_a_learned_projection():
+    from ftkit.config import DistillConfig
+    from ftkit.distillation import distilling_loss
+    from ftkit.models import TRAINING_ONLY
+
+    torch.manual_seed(0)
+    s_hidden = [torch.randn(2, 3, 4) for _ in range(3)]  # embeddings + 2 layers, 4 wide
+    t_hidden = [torch.randn(2, 3, 6) for _ in range(5)]  # embeddings + 4 layers, 6 wide
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, hidden):
+            super().__init__()
+            self.hidden = hidden
+
+        def forward(self, input_ids, attention_mask, labels=None, output_hidden_states=False):
+            return SimpleNamespace(logits=torch.zeros(2, 2), loss=torch.tensor(0.0), hidden_states=self.hidden)
+
+    student = Fixed(s_hidden)
+    student.add_module(TRAINING_ONLY, torch.nn.ModuleDict({"hidden": torch.nn.Linear(4, 6)}))
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": mask,
+             "labels": torch.tensor([0, 1])}
+    got = distilling_loss(Fixed(t_hidden), DistillConfig(alpha=0.0, hidden_weight=2.0))(student, batch)
+    w = getattr(student, TRAINING_ONLY)["hidden"]
+    want = 0.0  # student layer i -> teacher layer 2i; squared error over real tokens, per token and teacher unit
+    for s, t in ((1, 2), (2, 4)):
+        want += (((w(s_hidden[s]) - t_hidden[t]) ** 2) * mask.unsqueeze(-1)).sum() / (5 * 6 * 2)
+    assert float(got.detach()) == pytest.approx(2.0 * float(want.detach()), rel=1e-5)
+    got.backward()
+    assert w.weight.grad is not None and w.weight.grad.abs().sum() > 0  # the projection learns
+
+
+def test_a_narrower_student_distils_hidden_states_resumes_and_saves_no_projection(teacher, tiny_model, sentiment,
+                                                                                  tmp_path, cli, monkeypatch):
+    import shutil
+
+    from conftest import fail_at_evaluation
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+    narrow = tmp_path / "narrow"  # the teacher's tokenizer, half its width
+    narrow.mkdir()
+    for f in tiny_model.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(f, narrow / f.name)
+    config = BertConfig.from_pretrained(tiny_model)
+    config.hidden_size, config.intermediate_size = 16, 32
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(narrow)
+
+    out = tmp_path / "student"
+    args = (*train_args(narrow, sentiment, out, "--method", "full", "--max-steps", "20"), "--set",
+            f"distill.teacher={teacher}", "--set", "distill.hidden_weight=1.0", "--set", "train.eval_every=5")
+    fail_at_evaluation(monkeypatch, 3)
+    assert cli(*args).exit_code != 0  # stopped at step 15, checkpoints at 5 and 10
+    ckpt = sorted((out / "checkpoints").glob("step-*"))[-1]
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        assert "ftkit_training_only.hidden.weight" in set(f.keys())  # resumable with its projection
+    monkeypatch.undo()
+    result = cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "hidden states 16 wide -> the teacher's 32 through a learned projection" in result.output, result.output
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert not any(k.startswith("ftkit_training_only") for k in f.keys())
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["train"]["steps"] == 20 and summary["train"]["trainable_params"] == sum(
+        p.numel() for p in AutoModelForSequenceClassification.from_pretrained(out).parameters())
