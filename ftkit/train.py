@@ -112,6 +112,20 @@ def encode_cached(task, tokenizer, model_config, table: Table, spec, cfg) -> dic
     return cached_encodings(key, lambda: task.encode(tokenizer, table, cfg, model_config))
 
 
+def training_rows(task, cfg, table: Table, targets: list, idx: list[int], origin: list[int]):
+    """The training rows after ``data.weights``' mix of the sources, the task's augmented rows ((table, targets,
+    note) or None), and what the log says of both."""
+    notes = []
+    if cfg.data.weights:
+        idx, shares = mix(idx, origin, cfg.data.weights, cfg.train.seed)
+        notes.append("data mix (data.weights): " + "; ".join(f"{name}: {share}" for name, share in zip(
+            sources(cfg.data.train), shares)))
+    augmented = task.augmentation(table, targets, idx, cfg)
+    if augmented:
+        notes.append(augmented[2])
+    return idx, augmented, notes
+
+
 def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False, dry_run: bool = False,
           quiet: bool = False) -> dict:
     """Train and write a complete run dir; with ``dry_run``, only check everything and describe the run."""
@@ -139,14 +153,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     else:
         eval_table, eval_targets, eval_warning = train_table, train_targets, None
         train_idx, eval_idx = held_out_split(train_table, cfg.data.eval_fraction, cfg.train.seed)
-    mixing = []  # what the log says of it
-    if cfg.data.weights:
-        train_idx, shares = mix(train_idx, origin, cfg.data.weights, cfg.train.seed)
-        mixing = ["data mix (data.weights): " + "; ".join(f"{name}: {share}" for name, share in zip(
-            sources(cfg.data.train), shares))]
-    augmented = task.augmentation(train_table, train_targets, train_idx, cfg)  # (table, targets, note) or None
-    if augmented:
-        mixing.append(augmented[2])
+    # shown once the reporter exists: on the main process only, respecting --quiet
+    train_idx, augmented, data_notes = training_rows(task, cfg, train_table, train_targets, train_idx, origin)
     if len(train_idx) < cfg.train.batch_size:
         raise UsageError(f"{spec_name(cfg.data.train)}: {len(train_idx)} training rows are fewer than one batch "
                          f"(train.batch_size {cfg.train.batch_size}); lower --batch-size or add data")
@@ -204,14 +212,11 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     train_enc = encode_cached(task, tokenizer, model.config, train_table, cfg.data.train, cfg)
     eval_enc = train_enc if eval_table is train_table else encode_cached(task, tokenizer, model.config, eval_table,
                                                                          cfg.data.eval, cfg)
-    if augmented:  # rows after the table's own, training only (eval_enc keeps the originals)
+    if augmented:  # after the table's own rows, training only (eval_enc keeps the originals)
         extra_table, extra_targets, _ = augmented
-        extra = task.encode(tokenizer, extra_table, cfg, model.config)
-        n = len(train_table)
+        extra, n = task.encode(tokenizer, extra_table, cfg, model.config), len(train_table)
         train_enc = {k: v + extra[k] for k, v in train_enc.items()}
-        train_targets = train_targets + extra_targets
-        train_idx = train_idx + list(range(n, n + len(extra_targets)))
-    data_notes = mixing  # shown once the reporter exists: on the main process only, respecting --quiet
+        train_targets, train_idx = train_targets + extra_targets, train_idx + list(range(n, n + len(extra_targets)))
     train_features = task.features(train_enc, train_targets, train_idx, cfg, training=True, notes=data_notes)
     eval_features = task.features(eval_enc, eval_targets, eval_idx, cfg, training=False, notes=data_notes)
     if not eval_features:

@@ -230,6 +230,8 @@ def test_dry_run_counts_multi_label_classes(tiny_model, topics, tmp_path):
      "config key 'task.problem': got 'ordinal', expected single_label or multi_label or regression"),
     ([{"text": "good", "label": "a"}, {"text": "bad", "label": "b"}],
      ["task.problem=multi_label", "task.threshold=1.5"], "config key 'task.threshold': got 1.5, expected a number in"),
+    ([{"text": "good", "label": "a"}, {"text": "bad", "label": "b"}], ["task.tune_threshold=true"],
+     "config key 'task.tune_threshold': a multi-label setting; task.problem is single_label"),
     ([{"text": "good", "label": "a"}, {"text": "bad", "label": "b"}],
      ["task.problem=multi_label", "train.label_smoothing=0.1"], "config key 'train.label_smoothing': got 0.1, expected "
      "its default for task cls (the classification objectives and distillation need one class per row"),

@@ -83,6 +83,9 @@ class Classification(LabelledTask):
         threshold = cfg.task.get("threshold")
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
             raise UsageError(f"config key 'task.threshold': got {threshold!r}, expected a number in (0, 1)")
+        if kind != "multi_label" and (threshold is not None or cfg.task.get("tune_threshold")):
+            raise UsageError(f"config key 'task.{'threshold' if threshold is not None else 'tune_threshold'}': "
+                             f"a multi-label setting; task.problem is {kind}")
         if not cfg.task.get("label_separator"):
             raise UsageError("config key 'task.label_separator': expected a non-empty string")
         unknown = [op for op in cfg.task.get("augment", []) if op not in AUGMENTATIONS]
