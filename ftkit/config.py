@@ -50,12 +50,29 @@ class DataConfig:
                                       "position limit (less prompt/prefix virtual tokens) when lower.")
 
 
+# Run length when the user leaves it to ftkit: 3 epochs, but at least 300 optimizer steps — 3 epochs of a few
+# hundred rows are a few dozen steps, far from converged (bench/DEFAULTS.md: +9.5 points on 300 polarity rows).
+DEFAULT_EPOCHS = 3.0
+DEFAULT_MIN_STEPS = 300
+
+
+def run_length(t: "TrainConfig") -> "TrainConfig":
+    """epochs and min_steps decided: explicit epochs (or max_steps, or min_steps) keep their meaning; left unset,
+    the run takes DEFAULT_EPOCHS with a floor of DEFAULT_MIN_STEPS optimizer steps."""
+    floor = DEFAULT_MIN_STEPS if t.epochs is None and t.max_steps is None else 0
+    return dataclasses.replace(t, epochs=DEFAULT_EPOCHS if t.epochs is None else t.epochs,
+                               min_steps=floor if t.min_steps is None else t.min_steps)
+
+
 @dataclass
 class TrainConfig:
-    epochs: float = _f(3.0, "Passes over the training data (ignored when max_steps is set).")
+    epochs: float | None = _f(None, f"Passes over the training data (ignored when max_steps is set). Unset: "
+                                    f"{DEFAULT_EPOCHS:g}, with a floor of {DEFAULT_MIN_STEPS} optimizer steps "
+                                    "(min_steps) unless max_steps or min_steps is set.")
     max_steps: int | None = _f(None, "Stop after this many optimizer steps (overrides epochs).")
-    min_steps: int = _f(0, "Without max_steps: at least this many optimizer steps, so small data trains for more "
-                           "epochs (the best evaluation's weights are kept either way). 0: epochs alone.")
+    min_steps: int | None = _f(None, "Without max_steps: at least this many optimizer steps, so small data trains "
+                                     "for more epochs (the best evaluation's weights are kept either way). 0: epochs "
+                                     f"alone. Unset: {DEFAULT_MIN_STEPS} when epochs is unset too, else 0.")
     lr: float | None = _f(None, "Peak learning rate; default depends on the method and task (e.g. LoRA 2e-3 for "
                                 "cls/tag, 5e-4 for gen/mlm; full 3e-5).")
     batch_size: int = _f(32, "Examples per device per forward pass.")
@@ -165,6 +182,7 @@ def build(raw: dict) -> Config:
         if not isinstance(section, dict):
             raise UsageError(f"config key {name!r}: expected a mapping, found {section!r}")
         kwargs[name] = make_dataclass(cls, section, prefix=f"{name}.")
+    kwargs["train"] = run_length(kwargs["train"])
     for name, registry in (("task", TASKS), ("method", METHODS)):
         section = dict(raw.get(name, {}))
         section.setdefault("name", Config.__dataclass_fields__[name].default)
@@ -174,6 +192,8 @@ def build(raw: dict) -> Config:
                              f"got {entry_name!r}")
         entry = registry.get(entry_name)
         params = make_dataclass(entry.params, section, prefix=f"{name}.")
+        if name == "method":  # its settings measured per task, where the user left them unset
+            params = entry.task_defaults(params, kwargs["task"]["name"], given=set(section))
         kwargs[name] = {"name": entry.name, **dataclasses.asdict(params)}
     if raw.get("output") is not None:
         kwargs["output"] = coerce(raw["output"], str, "output")

@@ -21,12 +21,21 @@ class Method:
     params: type  # dataclass of the method's config keys (``method.KEY``), each documented at its field
     default_lr: float
     task_lr: dict = {}  # task name -> default learning rate where it differs from default_lr (bench/DEFAULTS.md)
+    task_params: dict = {}  # task name -> {param: value} for params the user leaves unset (bench/DEFAULTS.md)
     mergeable: bool = True  # an adapter that `export --merge` can fold into the base weights
     load_note: str | None = None  # what a user loading the run without ftkit must know (the model card says it)
 
     def lr_for(self, task_name: str) -> float:
         """The learning rate a run of ``task_name`` gets when train.lr is unset."""
         return self.task_lr.get(task_name, self.default_lr)
+
+    def task_defaults(self, params, task_name: str, given: set[str]):
+        """``params`` with ``task_params`` of ``task_name`` in place of the fields not in ``given`` (the keys the
+        user set)."""
+        import dataclasses
+
+        chosen = {k: v for k, v in self.task_params.get(task_name, {}).items() if k not in given}
+        return dataclasses.replace(params, **chosen) if chosen else params
 
     def validate(self, cfg, task) -> None:
         """Checks that need no model: refuse a setting or a task (``task``: the run's task object) the method cannot

@@ -12,6 +12,7 @@ class Dora(Lora):
     description = "weight-decomposed LoRA (peft use_dora)"
     use_dora = True
     task_lr = {}  # LoRA's measured cls/tag rate is not DoRA's until measured (bench/DEFAULTS.md): 5e-4 throughout
+    task_params = {}  # nor its targets: peft's default
 
     def validate(self, cfg, task) -> None:
         super().validate(cfg, task)
