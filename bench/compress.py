@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/compress.py                                   # polarity + pos-wsj, 3 seeds
     .venv/bin/python bench/compress.py --data polarity --seeds 1 --epochs 1 --results /tmp/c.md
+    .venv/bin/python bench/compress.py --epochs 4 --lr 1e-4 --results bench/COMPRESS-converged.md   # converged
 
 For each dataset (on minilm) and seed: a teacher (full fine-tuning), the teacher pruned at two levels (30% of the
 feed-forward neurons; 50% of them and 2 of the 6 layers; each with one epoch of recovery), a 3-layer student
@@ -35,17 +36,18 @@ def ftkit(*args) -> None:
                    else [*FTKIT, *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
-def variants(data: str, seed: int, epochs: float, root: Path) -> dict[str, Path]:
+def variants(data: str, seed: int, epochs: float, root: Path, lr: float | None = None) -> dict[str, Path]:
     task, runs = TASKS[data], {}
-    common = ("--seed", seed, "--epochs", epochs, "--batch-size", 32)
+    rate = ("--lr", lr) if lr else ()
+    common = ("--seed", seed, "--epochs", epochs, "--batch-size", 32, *rate)
     runs["teacher"] = root / "teacher"
     ftkit("train", "--task", task, "--method", "full", "--model", "minilm", "--data", data, *common,
           "--output", runs["teacher"])
     runs["pruned ffn 30%"] = root / "prune-a"
-    ftkit("prune", runs["teacher"], "--ffn", 0.3, "--seed", seed, "--batch-size", 32,
+    ftkit("prune", runs["teacher"], "--ffn", 0.3, "--seed", seed, "--batch-size", 32, *rate,
           "--output", runs["pruned ffn 30%"])
     runs["pruned ffn 50% + 2 layers"] = root / "prune-b"
-    ftkit("prune", runs["teacher"], "--ffn", 0.5, "--layers", 2, "--seed", seed, "--batch-size", 32,
+    ftkit("prune", runs["teacher"], "--ffn", 0.5, "--layers", 2, "--seed", seed, "--batch-size", 32, *rate,
           "--output", runs["pruned ffn 50% + 2 layers"])
     runs["distilled 3 layers"] = root / "distilled"
     ftkit("distill", runs["teacher"], "--student", "layers=3", *common, "--output", runs["distilled 3 layers"])
@@ -116,6 +118,8 @@ def main() -> None:
     ap.add_argument("--data", choices=list(TASKS), action="append")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--lr", type=float, help="learning rate of every training run, recovery included (default: "
+                                             "full fine-tuning's, 3e-5)")
     ap.add_argument("--results", type=Path, default=HERE / "COMPRESS.md")
     args = ap.parse_args()
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -123,7 +127,7 @@ def main() -> None:
         for data in args.data or list(TASKS):
             for seed in range(1, args.seeds + 1):
                 root = Path(d) / data / f"seed{seed}"
-                for name, run in variants(data, seed, args.epochs, root).items():
+                for name, run in variants(data, seed, args.epochs, root, args.lr).items():
                     onnx = run.with_name(run.name + "-onnx")
                     ftkit("export", run, "--format", "onnx", "--int8", "--output", onnx)
                     rows.setdefault((data, name), []).append(measure(run, onnx))
@@ -141,7 +145,8 @@ def write(args, rows: dict) -> None:
     command = " ".join([".venv/bin/python", "bench/compress.py", *sys.argv[1:]])
     lines = ["# Smaller models: pruning and distillation", "",
              f"`{command}` on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d')}; "
-             f"{args.seeds} seed(s), {args.epochs:g} epoch(s) per training run. Method: the docstring of "
+             f"{args.seeds} seed(s), {args.epochs:g} epoch(s) per training run"
+             + (f" at learning rate {args.lr:g}" if args.lr else "") + ". Method: the docstring of "
              "bench/compress.py. Examples/s: the model alone on CPU (median of 3 timed passes).", "",
              "| data | model | params | MiB | ex/s b1 | ex/s b32 | held-out | int8 MiB | int8 ex/s b1 | int8 ex/s b32 "
              "| int8 held-out |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -5,7 +5,8 @@
     .venv/bin/python bench/defaults.py --study length --datasets polarity-300,pos-wsj-300,pos-wsj   # min_steps
     .venv/bin/python bench/defaults.py --study augment --datasets polarity   # cls text augmentation
     .venv/bin/python bench/defaults.py --study scheduler                     # linear / cosine / constant
-    .venv/bin/python bench/defaults.py --study proposed --datasets polarity,pos-wsj,polarity-300,pos-wsj-300
+    .venv/bin/python bench/defaults.py --study tag-defaults --datasets pos-wsj,pos-wsj-300
+    .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
 with everything else at its default; the held-out split is the run's own (seeded by train.seed, so each seed also
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DATASETS = {"polarity": ("cls", "polarity"), "pos-wsj": ("tag", "pos-wsj")}
+DATASETS = {"polarity": ("cls", "polarity"), "pos-wsj": ("tag", "pos-wsj"), "chatterbot": ("gen", "chatterbot")}
 SMALL_EVAL_ROWS = 300  # NAME-N (e.g. pos-wsj-300): N training rows of NAME, scored on this many other rows
 STUDIES = {
     "lora": {  # name -> extra `ftkit train` arguments
@@ -39,13 +40,17 @@ STUDIES = {
         "epochs alone (3)": [],
         "min_steps=300": ["--set", "train.min_steps=300"],
     },
-    "augment": {  # cls only: --datasets polarity
-        "none": [],
+    "augment": {  # cls only: --datasets polarity; without it: the `lora` study's "lr 2e-3, query+value" (the same runs)
         "augment delete/swap, 1 copy, 0.1 of the words": ["--set", "task.augment=[delete,swap]"],
     },
-    "proposed": {  # the candidate defaults for cls/tag LoRA, against the current ones
+    "tag-defaults": {  # the candidate defaults for tag LoRA, against the current ones: --datasets pos-wsj,...
         "current (lr 2e-3, query+value, epochs alone)": [],
         "all linear + min_steps=300": ["--set", "method.target_modules=all-linear", "--set", "train.min_steps=300"],
+    },
+    "gen": {  # --datasets chatterbot (the default model for gen: smollm2-135m)
+        "lr 5e-4, default targets (current)": ["--model", "smollm2-135m"],
+        "lr 2e-3, default targets": ["--model", "smollm2-135m", "--lr", "2e-3"],
+        "lr 5e-4, all linear": ["--model", "smollm2-135m", "--set", "method.target_modules=all-linear"],
     },
     "scheduler": {
         "linear (default)": [],
@@ -107,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     common = a.extra.split()
     lines = [f"\n## Study `{a.study}` ({time.strftime('%Y-%m-%d')})\n",
              f"`python bench/defaults.py --study {a.study} --seeds {a.seeds} --datasets {a.datasets}"
-             + (f" --extra '{a.extra}'" if a.extra else "") + f"`; seeds {', '.join(map(str, seeds))}; minilm, LoRA, "
-             "every other setting at its default.\n"]
+             + (f" --extra '{a.extra}'" if a.extra else "") + f"`; seeds {', '.join(map(str, seeds))}; minilm "
+             "(SmolLM2-135M for gen), LoRA, every other setting at its default.\n"]
     work.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
         task, data = DATASETS[name.rsplit("-", 1)[0] if name not in DATASETS else name]
