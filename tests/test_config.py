@@ -106,3 +106,34 @@ def test_every_config_field_is_documented():
                 *(TASKS.get(n).params for n in TASKS.names())):
         for name, text in config.field_help(cls).items():
             assert text, f"{cls.__name__}.{name} has no help text"
+
+
+@pytest.mark.parametrize("flags, sets, epochs, min_steps", [
+    ({}, [], 3.0, 300),  # left to ftkit: 3 epochs, at least 300 optimizer steps
+    ({"train": {"epochs": 2}}, [], 2.0, 0),  # explicit epochs keep their meaning
+    ({"train": {"max_steps": 50}}, [], 3.0, 0),
+    ({}, ["train.min_steps=40"], 3.0, 40),
+    ({"train": {"epochs": 1}}, ["train.min_steps=100"], 1.0, 100),
+])
+def test_the_run_length_left_unset_has_a_floor_of_optimizer_steps(flags, sets, epochs, min_steps):
+    from types import SimpleNamespace
+
+    from ftkit.loop import plan_steps
+
+    cfg = config.resolve(None, flags, sets)
+    assert (cfg.train.epochs, cfg.train.min_steps) == (epochs, min_steps)
+    steps = plan_steps(100, SimpleNamespace(train=cfg.train), 1)[1]  # 100 rows, batch 32: 4 steps an epoch
+    assert steps == (cfg.train.max_steps or max(4 * int(epochs), min_steps))
+    assert config.build(cfg.to_dict()).train == cfg.train  # ftkit.yaml reproduces it
+
+
+@pytest.mark.parametrize("task, method, sets, targets", [
+    ("tag", "lora", [], ["all-linear"]),  # measured: bench/DEFAULTS.md
+    ("cls", "lora", [], None),  # peft's per-architecture default (query, value)
+    ("tag", "lora", ["method.target_modules=[query]"], ["query"]),  # the user's choice stands
+    ("tag", "lora", ["method.target_modules=null"], None),
+    ("tag", "dora", [], None),  # not measured for DoRA
+])
+def test_lora_targets_default_per_task_where_the_user_left_them_unset(task, method, sets, targets):
+    cfg = config.resolve(None, {"task": task, "method": method}, sets)
+    assert cfg.method["target_modules"] == targets
