@@ -107,7 +107,9 @@ def run_ftkit(w: Workload, model: str, train: str, eval_: str, folder: Path, env
         r = _run([sys.executable, "-m", "ftkit", "train", "--task", w.task, "--method", "lora", "--model", model,
                   "--data", train, "--eval-data", eval_, "--output", str(out), "--overwrite", "--epochs", "1",
                   "--batch-size", str(w.batch_size), "--max-length", str(w.max_length), "--lr", str(w.lr),
-                  "--precision", w.precision, "--set", "train.log_every=1", *extra],
+                  "--precision", w.precision, "--set", "train.log_every=1",
+                  "--set", "method.target_modules=null",  # peft's default targets, as the reference's LoRA
+                  *extra],
                  env | ({"FTKIT_CACHE": cache} if fresh_cache else {}),
                  folder / f"{w.name}-ftkit.log")
     summary = json.loads((out / "metrics.json").read_text())
