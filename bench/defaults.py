@@ -6,6 +6,7 @@
     .venv/bin/python bench/defaults.py --study augment --datasets polarity   # cls text augmentation
     .venv/bin/python bench/defaults.py --study scheduler                     # linear / cosine / constant
     .venv/bin/python bench/defaults.py --study polarity --datasets polarity  # label smoothing, more epochs
+    .venv/bin/python bench/defaults.py --study tag-more --datasets pos-wsj   # + label smoothing
     .venv/bin/python bench/defaults.py --study tag-defaults --datasets pos-wsj,pos-wsj-300
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
 
@@ -52,6 +53,11 @@ STUDIES = {
         "lr 5e-4, default targets (current)": ["--model", "smollm2-135m"],
         "lr 2e-3, default targets": ["--model", "smollm2-135m", "--lr", "2e-3"],
         "lr 5e-4, all linear": ["--model", "smollm2-135m", "--set", "method.target_modules=all-linear"],
+    },
+    "tag-more": {  # the new tag defaults plus label smoothing (the option that helped on pos-wsj): --datasets pos-wsj
+        "all linear + min_steps=300 + label_smoothing=0.1": [
+            "--set", "method.target_modules=all-linear", "--set", "train.min_steps=300",
+            "--set", "train.label_smoothing=0.1"],
     },
     "polarity": {  # toward polarity's target (0.825); the default itself: the `lora` study's "lr 2e-3, query+value"
         "label_smoothing=0.1": ["--set", "train.label_smoothing=0.1"],
