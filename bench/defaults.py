@@ -5,7 +5,7 @@
     .venv/bin/python bench/defaults.py --study length --datasets polarity-300,pos-wsj-300,pos-wsj   # min_steps
     .venv/bin/python bench/defaults.py --study augment --datasets polarity   # cls text augmentation
     .venv/bin/python bench/defaults.py --study scheduler                     # linear / cosine / constant
-    .venv/bin/python bench/defaults.py --study polarity --datasets polarity  # label smoothing, more epochs
+    .venv/bin/python bench/defaults.py --study polarity --datasets polarity  # label smoothing
     .venv/bin/python bench/defaults.py --study tag-more --datasets pos-wsj   # + label smoothing
     .venv/bin/python bench/defaults.py --study tag-defaults --datasets pos-wsj,pos-wsj-300
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
@@ -61,7 +61,6 @@ STUDIES = {
     },
     "polarity": {  # toward polarity's target (0.825); the default itself: the `lora` study's "lr 2e-3, query+value"
         "label_smoothing=0.1": ["--set", "train.label_smoothing=0.1"],
-        "5 epochs": ["--epochs", "5"],
     },
     "scheduler": {
         "linear (default)": [],
