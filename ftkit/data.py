@@ -225,7 +225,6 @@ def fingerprint(spec) -> str:
 
     if isinstance(spec, (list, tuple)):
         return "+".join(fingerprint(s) for s in spec)
-
     if spec in catalog.DATASETS:
         return f"builtin:{spec}:{catalog.DATASETS[spec].version}"
     st = Path(spec).stat()

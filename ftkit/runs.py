@@ -93,9 +93,9 @@ def load_trained(name: str | Target, task_name: str | None = None, quant: str | 
     bnb = quantization(quant, task)
     if bnb:  # label maps as overrides, not config= (see load_for_training)
         labels = [model_config.id2label[i] for i in range(len(model_config.id2label))] if task.labelled else []
-        kind = {"problem_type": model_config.problem_type} if getattr(model_config, "problem_type", None) else {}
         model = task.model_class(model_config).from_pretrained(
-            weights, **task.config_overrides(labels), **kind, quantization_config=bnb, trust_remote_code=trust)
+            weights, **task.config_overrides(labels), problem_type=getattr(model_config, "problem_type", None),
+            quantization_config=bnb, trust_remote_code=trust)
     else:
         model = task.model_class(model_config).from_pretrained(weights, config=model_config, trust_remote_code=trust)
     if quant == "4bit":

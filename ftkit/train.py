@@ -90,7 +90,7 @@ def resolve(cfg: config_mod.Config, task, method, run_dir: Path | None, model_co
     absolute paths (data, model, teacher). This is what ftkit.yaml holds: training it again decides nothing anew."""
     R = dataclasses.replace
     cfg = R(cfg, train=R(cfg.train, lr=cfg.train.lr or method.lr_for(task.name)),
-            data=R(cfg.data, train=_absolute_each(cfg.data.train), eval=_absolute(cfg.data.eval),
+            data=R(cfg.data, train=_absolute(cfg.data.train), eval=_absolute(cfg.data.eval),
                    max_length=max_length),
             model=R(cfg.model, name=_absolute(cfg.model.name)), distill=R(cfg.distill, teacher=_absolute(
                 cfg.distill.teacher)), output=str(run_dir.resolve()) if run_dir else None)
@@ -315,12 +315,11 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     return summary
 
 
-def _absolute_each(spec):
-    return [_absolute(s) for s in spec] if isinstance(spec, list) else _absolute(spec)
-
-
-def _absolute(spec: str | None) -> str | None:
-    """Paths are stored absolute in ftkit.yaml so the run can be reproduced from anywhere; names stay names."""
+def _absolute(spec):
+    """Paths are stored absolute in ftkit.yaml so the run can be reproduced from anywhere; names stay names (a list:
+    each of them)."""
+    if isinstance(spec, list):
+        return [_absolute(s) for s in spec]
     if spec is None or not Path(spec).exists():
         return spec
     return str(Path(spec).resolve())

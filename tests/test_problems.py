@@ -141,7 +141,7 @@ def test_multi_label_onnx_export_matches_the_run(multi_run, topics, tmp_path):
 def test_multi_label_metrics_equal_scikit_learn():
     from sklearn.metrics import f1_score, precision_score, recall_score
 
-    from ftkit.tasks.cls import multi_label_metrics
+    from ftkit.tasks._scores import multi_label_metrics
 
     rng = np.random.default_rng(0)
     gold, pred = rng.random((50, 4)) < 0.4, rng.random((50, 4)) < 0.5
@@ -158,7 +158,8 @@ def test_multi_label_metrics_equal_scikit_learn():
 def test_the_threshold_is_tuned_on_the_evaluation_split():
     from types import SimpleNamespace
 
-    from ftkit.tasks.cls import Classification, multi_label_metrics
+    from ftkit.tasks._scores import multi_label_metrics
+    from ftkit.tasks.cls import Classification
 
     rng = np.random.default_rng(1)
     gold = rng.random((80, 3)) < 0.3
@@ -197,7 +198,7 @@ def test_regression_metrics_equal_scipy_and_scikit_learn():
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import mean_absolute_error, r2_score
 
-    from ftkit.tasks.cls import regression_metrics
+    from ftkit.tasks._scores import regression_metrics
 
     rng = np.random.default_rng(2)
     gold = rng.normal(size=40).round(1)  # ties, as real scores have

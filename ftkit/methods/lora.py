@@ -65,7 +65,7 @@ class Lora(Method):
     # cls and tag on minilm, 3 seeds: 2e-3 beats 5e-4 by 2.8 points on polarity and 41.7 on pos-wsj (bench/DEFAULTS.md)
     task_lr = {"cls": 2e-3, "tag": 2e-3}
     # tag: all linear layers rather than peft's per-architecture default (query, value): pos-wsj 0.8615 -> 0.9261;
-    # cls keeps query, value: all linear is no better on polarity (0.8125 vs 0.8150) at twice the trainable share
+    # cls keeps query, value: all linear is no better on polarity (0.8125 vs 0.8150) at 4.5x the trainable share
     task_params = {"tag": {"target_modules": ["all-linear"]}}
     description = "low-rank adapters (peft LoRA); head trained in full"
     use_dora = False

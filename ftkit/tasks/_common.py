@@ -1,4 +1,5 @@
-"""Pieces shared by the task modules: padding collator, head discovery, label-space helpers."""
+"""Pieces shared by the task modules: padding collator, head discovery, label-space helpers (scoring:
+``_scores``)."""
 
 from __future__ import annotations
 
@@ -85,31 +86,6 @@ def label_config(labels: list[str]) -> dict:
     """Model-config overrides that give a labelled head its size and the label maps stored in config.json."""
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {n: i for i, n in enumerate(labels)}}
-
-
-def confusion_metrics(preds, refs, labels: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of label ids."""
-    import numpy as np
-
-    k = len(labels)
-    unseen = refs == UNSEEN  # a gold label the model cannot predict: an error, outside the confusion matrix
-    cm = np.zeros((k, k), dtype=np.int64)  # rows: true label, columns: predicted
-    np.add.at(cm, (refs[~unseen], preds[~unseen]), 1)
-    tp = np.diag(cm).astype(float)
-    precision = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
-    recall = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
-    present = cm.sum(1) > 0  # macro-F1 over the classes that occur in the references
-    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                        "support": int(cm[i].sum())} for i, name in enumerate(labels)}
-    if unseen.any():
-        per_class[UNSEEN_ROW] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": int(unseen.sum())}
-    return {
-        "accuracy": float(tp.sum() / max(1, len(refs))),  # unseen gold labels count as errors
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,  # over the model's classes
-        "per_class": per_class,
-        "confusion_matrix": {"labels": labels, "matrix": cm.tolist()},
-    }
 
 
 class LabelledTask(Task):

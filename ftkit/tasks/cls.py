@@ -19,8 +19,9 @@ from ftkit.data import to_features
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, confusion_metrics, label_config,
-                                 label_name, pad_collate, sort_labels)
+from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, label_config, label_name, pad_collate,
+                                 sort_labels)
+from ftkit.tasks._scores import confusion_metrics, multi_label_metrics, regression_metrics
 
 # task.problem -> the model config's problem_type (transformers' names, which pick its loss)
 PROBLEMS = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
@@ -83,19 +84,19 @@ class Classification(LabelledTask):
         threshold = cfg.task.get("threshold")
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
             raise UsageError(f"config key 'task.threshold': got {threshold!r}, expected a number in (0, 1)")
-        if kind != "multi_label" and (threshold is not None or cfg.task.get("tune_threshold")):
+        if kind != "multi_label" and (threshold is not None or cfg.task["tune_threshold"]):
             raise UsageError(f"config key 'task.{'threshold' if threshold is not None else 'tune_threshold'}': "
                              f"a multi-label setting; task.problem is {kind}")
-        if not cfg.task.get("label_separator"):
+        if not cfg.task["label_separator"]:
             raise UsageError("config key 'task.label_separator': expected a non-empty string")
-        unknown = [op for op in cfg.task.get("augment", []) if op not in AUGMENTATIONS]
+        unknown = [op for op in cfg.task["augment"] if op not in AUGMENTATIONS]
         if unknown:
             raise UsageError(f"config key 'task.augment': got {unknown[0]!r}, expected a list of "
                              f"{' and/or '.join(AUGMENTATIONS)}")
-        if not 0 < cfg.task.get("augment_prob", 0.1) < 1:
+        if not 0 < cfg.task["augment_prob"] < 1:
             raise UsageError(f"config key 'task.augment_prob': got {cfg.task['augment_prob']!r}, expected a number "
                              "in (0, 1)")
-        if cfg.task.get("augment_copies", 1) < 1:
+        if cfg.task["augment_copies"] < 1:
             raise UsageError(f"config key 'task.augment_copies': got {cfg.task['augment_copies']!r}, expected an "
                              "integer >= 1")
 
@@ -383,44 +384,3 @@ def augment_words(text: str, op: str, p: float, rng) -> str:
         a, b = rng.sample(range(len(words)), 2)
         words[a], words[b] = words[b], words[a]
     return " ".join(words)
-
-
-def multi_label_metrics(pred, gold, labels: list[str]) -> dict:
-    """Micro/macro precision, recall and F1 and per-class scores of boolean [examples, classes] matrices; exact
-    match: the share of examples whose whole set of classes is right. Macro over the classes present in ``gold``."""
-    import numpy as np
-
-    tp, fp, fn = (pred & gold).sum(0), (pred & ~gold).sum(0), (~pred & gold).sum(0)
-
-    def prf(tp, fp, fn):
-        p = np.divide(tp, tp + fp, out=np.zeros_like(tp, dtype=float), where=(tp + fp) > 0)
-        r = np.divide(tp, tp + fn, out=np.zeros_like(tp, dtype=float), where=(tp + fn) > 0)
-        f = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
-        return p, r, f
-
-    mp, mr, mf = prf(np.array(tp.sum()), np.array(fp.sum()), np.array(fn.sum()))
-    p, r, f = prf(tp, fp, fn)
-    present = gold.sum(0) > 0
-    return {"micro_f1": float(mf), "macro_f1": float(f[present].mean()) if present.any() else 0.0,
-            "micro_precision": float(mp), "micro_recall": float(mr),
-            "exact_match": float((pred == gold).all(1).mean()) if len(gold) else 0.0,
-            "per_class": {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]),
-                                 "support": int(gold[:, k].sum())} for k, name in enumerate(labels)}}
-
-
-def regression_metrics(pred, gold) -> dict:
-    """MSE, RMSE, MAE, R² (1 - squared error / variance of the references: the main metric), Pearson and
-    Spearman correlation (0 when either side is constant)."""
-    import numpy as np
-    from scipy.stats import rankdata
-
-    def pearson(a, b) -> float:
-        a, b = a - a.mean(), b - b.mean()
-        denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-        return float((a * b).sum() / denom) if denom > 0 else 0.0
-
-    err = pred - gold
-    mse, var = float((err ** 2).mean()), float(gold.var())
-    return {"r2": 1 - mse / var if var > 0 else 0.0, "mse": mse, "rmse": float(np.sqrt(mse)),
-            "mae": float(np.abs(err).mean()), "pearson": pearson(pred, gold),
-            "spearman": pearson(rankdata(pred), rankdata(gold))}

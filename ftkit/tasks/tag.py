@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, confusion_metrics, pad_collate,
-                                 real_positions, sort_labels)
+from ftkit.tasks._common import IGNORE, UNSEEN, LabelledTask, batched_predict, pad_collate, real_positions, sort_labels
+from ftkit.tasks._scores import confusion_metrics
 
 SCHEMES = ("auto", "iob2", "iobes", "none")
 _ENTITY_TAG = re.compile(r"^(O|[BIES]-.+)$")
