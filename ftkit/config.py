@@ -93,7 +93,11 @@ class TrainConfig:
     adversarial_steps: int = _f(3, "pgd: ascent steps, each epsilon / steps long, projected onto the epsilon ball.")
     precision: str = _f("fp32", "fp32, bf16 or fp16 (fp16 needs CUDA).")
     seed: int = _f(42, "Seed for initialisation, shuffling and the held-out split.")
-    eval_every: int | None = _f(None, "Evaluate every N optimizer steps; default once per epoch. Always at the end.")
+    eval_every: int | None = _f(None, "Evaluate every N optimizer steps; default once per epoch (every few epochs "
+                                      "when max_evals caps it). Always at the end.")
+    max_evals: int = _f(10, "Without eval_every: evaluate every k-th epoch, k the smallest that keeps the "
+                            "evaluations along the way to this many (a small set stretched to min_steps runs many "
+                            "short epochs); 0: every epoch.")
     log_every: int = _f(10, "Log the training loss every N optimizer steps.")
     patience: int = _f(0, "Stop after N evaluations without improvement of the main metric (0 = never).")
     group_by_length: bool | None = _f(None, "Batch examples of similar length together to cut padding (shuffled). "
@@ -225,6 +229,7 @@ def validate(cfg: Config) -> None:
     _check(t.precision in PRECISIONS, "train.precision", t.precision, " or ".join(PRECISIONS))
     _check(cfg.model.quant in QUANTS, "model.quant", cfg.model.quant, " or ".join(QUANTS))
     _check(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every, "an integer > 0")
+    _check(t.max_evals >= 0, "train.max_evals", t.max_evals, "an integer >= 0")
     _check(t.log_every > 0, "train.log_every", t.log_every, "an integer > 0")
     _check(t.patience >= 0, "train.patience", t.patience, "an integer >= 0")
     _check(t.save_every is None or t.save_every >= 0, "train.save_every", t.save_every, "an integer >= 0")

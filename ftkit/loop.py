@@ -131,6 +131,14 @@ def plan_steps(n_train: int, cfg, num_processes: int) -> tuple[int, int]:
     return per_epoch, t.max_steps or max(1, math.ceil(t.epochs * per_epoch), t.min_steps)
 
 
+def eval_interval(steps_per_epoch: int, total: int, t) -> int:
+    """Optimizer steps between evaluations: train.eval_every, else whole epochs — every k-th, k the smallest that
+    keeps the evaluations before the end to train.max_evals (epochs // k <= max_evals)."""
+    if t.eval_every:
+        return t.eval_every
+    return steps_per_epoch * (total // steps_per_epoch // (t.max_evals + 1) + 1 if t.max_evals else 1)
+
+
 class StopSignals:
     """SIGTERM/SIGINT set a flag instead of killing the process: the loop checkpoints at the next optimizer step and
     stops. A second SIGINT interrupts at once. All ranks agree on the flag (one tiny all-reduce per step, only when
@@ -191,7 +199,7 @@ def train_loop(*, model, train_features, eval_features, collate, task, labels, m
     # already accounts for sharding, so it needs none of AcceleratedScheduler's per-process stepping.
     scheduler = get_scheduler({"constant": "constant_with_warmup"}.get(t.scheduler, t.scheduler), optimizer,
                               num_warmup_steps=int(t.warmup_ratio * total), num_training_steps=total)
-    eval_every = t.eval_every or steps_per_epoch
+    eval_every = eval_interval(steps_per_epoch, total, t)
     save_every = eval_every if t.save_every is None else t.save_every
     params = [p for p in model.parameters() if p.requires_grad]
     samples_per_step = t.batch_size * t.grad_accum * accelerator.num_processes

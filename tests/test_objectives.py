@@ -160,3 +160,28 @@ def test_min_steps_is_a_floor_on_the_run_length(tiny_model, sentiment, tmp_path)
     evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
              if r["type"] == "eval"]
     assert [r["step"] for r in evals] == [10, 20, 25]
+
+
+@pytest.mark.parametrize("per_epoch, total, max_evals, every", [
+    (10, 300, 10, 30),  # 30 short epochs: every third, 10 evaluations
+    (29, 300, 10, 29),  # 10 epochs and a bit: every epoch
+    (7, 300, 10, 28),  # 42 epochs: every fourth (10 evaluations), not every fifth (8)
+    (10, 300, 0, 10),  # 0: every epoch
+    (113, 339, 10, 113),
+])
+def test_max_evals_caps_the_evaluations_in_whole_epochs(per_epoch, total, max_evals, every):
+    from ftkit.loop import eval_interval
+
+    t = config.build({"train": {"max_evals": max_evals}}).train
+    assert eval_interval(per_epoch, total, t) == every
+    assert max_evals == 0 or total // every <= max_evals < total // (every - per_epoch or 1)
+    assert eval_interval(per_epoch, total, config.build({"train": {"eval_every": 5}}).train) == 5
+
+
+def test_a_run_stretched_by_the_floor_evaluates_at_most_max_evals_times(tiny_model, sentiment, tmp_path):
+    result = run_cli(*train_args(tiny_model, sentiment, tmp_path / "run", "--epochs", "1", "--set",
+                                 "train.min_steps=60", "--set", "train.max_evals=2"))
+    assert result.exit_code == 0, result.output
+    evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [30, 60]  # 6 epochs of 10 steps: every third
