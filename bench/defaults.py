@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/defaults.py --study lora --seeds 1,2,3          # LoRA's learning rate and targets
     .venv/bin/python bench/defaults.py --study options --seeds 1,2,3       # the train.* objectives against none
+    .venv/bin/python bench/defaults.py --study pgd                           # adversarial training, PGD
     .venv/bin/python bench/defaults.py --study length --datasets polarity-300,pos-wsj-300,pos-wsj   # min_steps
     .venv/bin/python bench/defaults.py --study augment --datasets polarity   # cls text augmentation
     .venv/bin/python bench/defaults.py --study scheduler                     # linear / cosine / constant
@@ -74,6 +75,10 @@ STUDIES = {
         "class_weights=auto": ["--set", "train.class_weights=auto"],
         "rdrop=1.0": ["--set", "train.rdrop=1.0"],
         "adversarial=fgm (epsilon 1.0)": ["--set", "train.adversarial=fgm"],
+    },
+    "pgd": {  # the options study's last one; on pos-wsj at its old defaults: --extra '--epochs 3 --set
+        # method.target_modules=null' (the options study's own settings there)
+        "adversarial=pgd (3 steps, epsilon 1.0)": ["--set", "train.adversarial=pgd"],
     },
 }
 
