@@ -80,7 +80,8 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norm weights).")
     warmup_ratio: float = _f(0.06, "Share of the optimizer steps spent warming the learning rate up from 0.")
     max_grad_norm: float = _f(1.0, "Clip gradients to this global norm (0 disables clipping).")
-    scheduler: str = _f("linear", "Learning-rate schedule after the warm-up: linear (to 0), cosine (to 0) or constant.")
+    scheduler: str = _f("cosine", "Learning-rate schedule after the warm-up: cosine (to 0), linear (to 0) or "
+                                  "constant.")
     label_smoothing: float = _f(0.0, "cls/tag: share of each target's probability spread evenly over the labels.")
     class_weights: str = _f("none", "cls/tag: none, or auto (each label's loss weighted by its inverse frequency "
                                     "in the training rows, mean 1): minority labels count more.")
