@@ -3,6 +3,7 @@
     .venv/bin/python bench/defaults.py --study lora --seeds 1,2,3          # LoRA's learning rate and targets
     .venv/bin/python bench/defaults.py --study options --seeds 1,2,3       # the train.* objectives against none
     .venv/bin/python bench/defaults.py --study pgd                           # adversarial training, PGD
+    .venv/bin/python bench/defaults.py --study epsilon --datasets polarity   # FGM with a smaller epsilon
     .venv/bin/python bench/defaults.py --study length --datasets polarity-300,pos-wsj-300,pos-wsj   # min_steps
     .venv/bin/python bench/defaults.py --study augment --datasets polarity   # cls text augmentation
     .venv/bin/python bench/defaults.py --study scheduler                     # linear / cosine / constant
@@ -79,6 +80,11 @@ STUDIES = {
     "pgd": {  # the options study's last one; on pos-wsj at its old defaults: --extra '--epochs 3 --set
         # method.target_modules=null' (the options study's own settings there)
         "adversarial=pgd (3 steps, epsilon 1.0)": ["--set", "train.adversarial=pgd"],
+    },
+    "epsilon": {  # FGM's perturbation size: epsilon 1.0 kept polarity at chance (the options study)
+        "adversarial=fgm, epsilon 0.1": ["--set", "train.adversarial=fgm", "--set", "train.adversarial_epsilon=0.1"],
+        "adversarial=pgd (3 steps), epsilon 0.1": ["--set", "train.adversarial=pgd",
+                                                   "--set", "train.adversarial_epsilon=0.1"],
     },
 }
 

@@ -90,7 +90,8 @@ class TrainConfig:
     adversarial: str = _f("none", "cls/tag: adversarial training in embedding space: none, fgm (one step of norm "
                                   "adversarial_epsilon along the loss gradient) or pgd (adversarial_steps projected "
                                   "steps); the loss adds the perturbed batch's.")
-    adversarial_epsilon: float = _f(1.0, "L2 norm of each row's perturbation of the word embeddings (fgm, pgd).")
+    adversarial_epsilon: float = _f(0.1, "L2 norm of each row's perturbation of the word embeddings (fgm, pgd); "
+                                         "a tenth of a MiniLM token embedding's norm (1.0 kept polarity at chance).")
     adversarial_steps: int = _f(3, "pgd: ascent steps, each epsilon / steps long, projected onto the epsilon ball.")
     precision: str = _f("fp32", "fp32, bf16 or fp16 (fp16 needs CUDA).")
     seed: int = _f(42, "Seed for initialisation, shuffling and the held-out split.")
