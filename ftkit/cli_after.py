@@ -105,7 +105,8 @@ def prune(
     heads: Annotated[Optional[float], typer.Option(help="Attention heads: refused, with the reason.")] = None,
     samples: Annotated[int, typer.Option(help="Training rows the importance is measured on.")] = 256,
     distil: Annotated[bool, typer.Option("--distil", help="Recover by distillation from the unpruned run.")] = False,
-    epochs: Annotated[Optional[float], typer.Option(help="Recovery passes over the training data (default 1).")]
+    epochs: Annotated[Optional[float], typer.Option(help="Recovery passes over the training data (default 1, at "
+                                                            "least 300 optimizer steps).")]
     = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Recovery: stop after N optimizer steps.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Recovery learning rate (default: full fine-tuning's).")] = None,

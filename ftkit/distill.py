@@ -31,17 +31,11 @@ def distill(teacher: str, output: str | None, student: str | None = None, unlabe
                          "model scores classes)")
     if not output:
         raise UsageError("no run directory: pass --output RUN_DIR")
-    base = target.cfg.to_dict()
-    for key in ("output", "method"):  # the student's own: a new method (default full) with its own defaults
-        base.pop(key)
-    base["train"].pop("lr")
-    base["model"] = {"name": student_model(target, student)}
-    base["distill"] = {"teacher": str(target.path.resolve())}
+    own = {"model": {"name": student_model(target, student)}, "method": "full", "output": output,
+           "distill": {"teacher": str(target.path.resolve())}}  # length: a fresh run's default
     if unlabelled:
-        base["data"] |= with_unlabelled(target, unlabelled)
-    cfg = config_mod.build(config_mod.merge_layers([
-        (f"teacher {teacher}", base), ("command-line flags", {"method": "full", "output": output, **(flags or {})}),
-        ("--set", config_mod.parse_set(sets or []))]))
+        own["data"] = with_unlabelled(target, unlabelled)
+    cfg = config_mod.derived(target.cfg, f"teacher {teacher}", own, flags or {}, sets or [])
     return train(cfg, **train_kw)
 
 

@@ -43,17 +43,11 @@ def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, he
         raise UsageError(f"{run}: a {target.task.name} run; pruning covers cls and tag runs (tasks whose model "
                          "scores classes)")
     path, report = pruned(target, ffn, layers, samples)
-    base = target.cfg.to_dict()
-    for key in ("output", "method"):
-        base.pop(key)
-    base["train"].pop("lr")
-    base["model"] = {"name": str(path)}
+    recovery = {"model": {"name": str(path)}, "method": "full", "output": output,
+                "train": {"epochs": 1.0, "min_steps": config_mod.DEFAULT_MIN_STEPS}}
     if distil:
-        base["distill"] = {"teacher": str(target.path.resolve())}
-    recovery = {"method": "full", "output": output, "train": {"epochs": 1.0}}
-    cfg = config_mod.build(config_mod.merge_layers([
-        (f"run {run}", base), ("recovery", recovery), ("command-line flags", flags or {}),
-        ("--set", config_mod.parse_set(sets or []))]))
+        recovery["distill"] = {"teacher": str(target.path.resolve())}
+    cfg = config_mod.derived(target.cfg, f"run {run}", recovery, flags or {}, sets or [])
     summary = train(cfg, **train_kw)
     if (Path(cfg.output) / "metrics.json").is_file():
         write_text(Path(cfg.output) / "prune.json", json.dumps(report, indent=2) + "\n")

@@ -127,6 +127,25 @@ def test_the_run_length_left_unset_has_a_floor_of_optimizer_steps(flags, sets, e
     assert config.build(cfg.to_dict()).train == cfg.train  # ftkit.yaml reproduces it
 
 
+RECOVERY = {"train": {"epochs": 1.0, "min_steps": 300}}  # `ftkit prune`'s own length
+
+
+@pytest.mark.parametrize("own, flags, sets, length", [
+    ({}, {}, [], (3.0, None, 300)),  # a student: a fresh run's default length
+    ({}, {"train": {"epochs": 1}}, [], (1.0, None, 0)),  # failed before: the run's saved floor made it 300 steps
+    (RECOVERY, {}, [], (1.0, None, 300)),
+    (RECOVERY, {"train": {"epochs": 0.5}}, [], (0.5, None, 0)),
+    (RECOVERY, {"train": {"max_steps": 7}}, [], (1.0, 7, 0)),
+    (RECOVERY, {}, ["train.min_steps=20"], (1.0, None, 20)),
+])
+def test_a_run_made_from_a_finished_one_takes_its_own_length(own, flags, sets, length):
+    run = config.resolve(None, {"method": "ia3", "train": {"lr": 5e-4, "seed": 7}}, [])  # the default length
+    assert run.train.min_steps == 300
+    cfg = config.derived(run, "run r", {"output": "o", **own}, flags, sets)
+    assert (cfg.train.epochs, cfg.train.max_steps, cfg.train.min_steps) == length
+    assert cfg.train.seed == 7 and cfg.method["name"] == "lora" and cfg.train.lr is None  # the run's method stays
+
+
 @pytest.mark.parametrize("task, method, sets, targets", [
     ("tag", "lora", [], ["all-linear"]),  # measured: bench/DEFAULTS.md
     ("cls", "lora", [], None),  # peft's per-architecture default (query, value)
