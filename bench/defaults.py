@@ -81,6 +81,10 @@ STUDIES = {
         # method.target_modules=null' (the options study's own settings there)
         "adversarial=pgd (3 steps, epsilon 1.0)": ["--set", "train.adversarial=pgd"],
     },
+    "rank": {  # LoRA's rank at a constant alpha/r of 2; the default's figures: the scheduler study's cosine runs
+        "r 8, alpha 16 (default)": [],
+        "r 16, alpha 32": ["--set", "method.r=16", "--set", "method.alpha=32"],
+    },
     "epsilon": {  # FGM's perturbation size: epsilon 1.0 kept polarity at chance (the options study)
         "adversarial=fgm, epsilon 0.1": ["--set", "train.adversarial=fgm", "--set", "train.adversarial_epsilon=0.1"],
         "adversarial=pgd (3 steps), epsilon 0.1": ["--set", "train.adversarial=pgd",
