@@ -8,9 +8,16 @@ For each dataset (on minilm) and seed: a teacher (full fine-tuning), the teacher
 feed-forward neurons; 50% of them and 2 of the 6 layers; each with one epoch of recovery), a 3-layer student
 distilled from the teacher (``--student layers=3``), the same 3-layer student trained without distillation (the
 ablation that shows what distillation adds), and each one's ONNX int8 export. Reported: parameters, weight file
-size, CPU examples/s at batch 1 and 32 (held-out rows, the model alone: tokenized batches in, logits out; the
-median of 3 timed passes after a warm-up), and the held-out main metric, mean ± sd over seeds. Everything runs
-through the ftkit CLI, as a user would.
+size, CPU examples/s at batch 1 and 32 (held-out rows, the model alone: tokenized batches in, logits out) with its
+ratio to the teacher's, and the held-out main metric, mean ± sd over seeds. Speed is measured round-robin over a
+seed's models — every model one timed pass a round, after a warm-up, the median of 5 rounds — so that a slow moment
+of the machine falls on all of them alike; the ratios are the medians of the seeds' ratios. Everything runs through
+the ftkit CLI, as a user would.
+
+    .venv/bin/python bench/compress.py --speed-of KEPT --results FILE   # again, the speed of a kept seed's models
+
+``--speed-of KEPT`` measures the models of one seed kept from an earlier study (KEPT/DATA/teacher, prune-a, ...,
+with their -onnx exports) and appends their speed table to FILE.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FTKIT = [sys.executable, "-m", "ftkit"]
 TASKS = {"polarity": "cls", "pos-wsj": "tag"}
+FOLDERS = {"teacher": "teacher", "pruned ffn 30%": "prune-a", "pruned ffn 50% + 2 layers": "prune-b",
+           "distilled 3 layers": "distilled", "3 layers, no distillation": "plain"}  # model -> its run's folder
+MODES = ("b1", "b32", "int8_b1", "int8_b32")  # PyTorch and ONNX int8, at batch 1 and 32
 
 
 def ftkit(*args) -> None:
@@ -37,53 +47,34 @@ def ftkit(*args) -> None:
 
 
 def variants(data: str, seed: int, epochs: float | None, root: Path, lr: float | None = None) -> dict[str, Path]:
-    task, runs = TASKS[data], {}
+    task, runs = TASKS[data], {name: root / folder for name, folder in FOLDERS.items()}
     rate = ("--lr", lr) if lr else ()
     common = ("--seed", seed, *(("--epochs", epochs) if epochs else ()), "--batch-size", 32, *rate)
-    runs["teacher"] = root / "teacher"
     ftkit("train", "--task", task, "--method", "full", "--model", "minilm", "--data", data, *common,
           "--output", runs["teacher"])
-    runs["pruned ffn 30%"] = root / "prune-a"
     ftkit("prune", runs["teacher"], "--ffn", 0.3, "--seed", seed, "--batch-size", 32, *rate,
           "--output", runs["pruned ffn 30%"])
-    runs["pruned ffn 50% + 2 layers"] = root / "prune-b"
     ftkit("prune", runs["teacher"], "--ffn", 0.5, "--layers", 2, "--seed", seed, "--batch-size", 32, *rate,
           "--output", runs["pruned ffn 50% + 2 layers"])
-    runs["distilled 3 layers"] = root / "distilled"
     ftkit("distill", runs["teacher"], "--student", "layers=3", *common, "--output", runs["distilled 3 layers"])
     import yaml
 
     student = yaml.safe_load((runs["distilled 3 layers"] / "ftkit.yaml").read_text())["model"]["name"]
-    runs["3 layers, no distillation"] = root / "plain"
     ftkit("train", "--task", task, "--method", "full", "--model", student, "--data", data, *common,
           "--output", runs["3 layers, no distillation"])
     return runs
 
 
-def throughput(model, batches: list[dict]) -> float:
-    import torch
-
-    n = sum(len(b["input_ids"]) for b in batches)
-    with torch.inference_mode():
-        for b in batches[:2]:
-            model(**b)
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            for b in batches:
-                model(**b)
-            times.append(time.perf_counter() - start)
-    return n / statistics.median(times)
+def onnx_of(run: Path) -> Path:
+    return run.with_name(run.name + "-onnx")
 
 
-def measure(run: Path, onnx: Path) -> dict:
-    """Parameters, file sizes, examples/s (PyTorch and ONNX int8) and held-out metrics of one run."""
+def held_out_batches(run: Path) -> dict[str, list[dict]]:
+    """Model inputs from the run's held-out rows: 64 of them one at a time (b1), 256 in batches of 32 (b32)."""
     from ftkit.data import held_out_split, read_table
     from ftkit.inference import model_labels, settings
-    from ftkit.models import cpu_kernels
     from ftkit.runs import load_trained
 
-    summary = json.loads((run / "metrics.json").read_text())
     loaded = load_trained(str(run))
     cfg, task = settings(loaded, []), loaded.task
     table = read_table(cfg.data.train)
@@ -96,18 +87,54 @@ def measure(run: Path, onnx: Path) -> dict:
         out = [collate(feats[i:i + size]) for i in range(0, min(rows, len(feats)), size)]
         return [{k: v for k, v in b.items() if k != "labels"} for b in out]
 
+    return {"1": batches(1, 64), "32": batches(32, 256)}
+
+
+def speeds(runs: dict[str, Path], rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Examples/s of each run's model and of its ONNX int8 export, at batch 1 and 32, round-robin: every model one
+    timed pass over the same inputs a round, after a warm-up; the median of ``rounds`` -> {model: {mode: ex/s}}."""
+    import torch
+
+    from ftkit.models import cpu_kernels
+    from ftkit.runs import load_trained
+
+    inputs = held_out_batches(next(iter(runs.values())))  # the models share the tokenizer and the data
+    models = {}
+    for name, run in runs.items():
+        loaded = load_trained(str(run)).model
+        models[(name, "b1")] = models[(name, "b32")] = loaded
+        models[(name, "int8_b1")] = models[(name, "int8_b32")] = load_trained(
+            str(onnx_of(run) / "model.int8.onnx")).model
+    times: dict = {key: [] for key in models}
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first round warms up
+            for (name, mode), model in models.items():
+                batches = inputs[mode.rpartition("b")[2]]
+                with cpu_kernels(model):  # nothing to do for ONNX
+                    start = time.perf_counter()
+                    for b in batches:
+                        model(**b)
+                    times[(name, mode)].append(time.perf_counter() - start)
+    out: dict = {}
+    for (name, mode), t in times.items():
+        n = sum(len(b["input_ids"]) for b in inputs[mode.rpartition("b")[2]])
+        out.setdefault(name, {})[mode] = n / statistics.median(t[1:])
+    return out
+
+
+def measure(run: Path) -> dict:
+    """Parameters, file sizes and held-out metrics of one run and of its ONNX int8 export."""
+    import yaml
+
+    summary = json.loads((run / "metrics.json").read_text())
+    data = yaml.safe_load((run / "ftkit.yaml").read_text())["data"]["train"]
+    onnx = onnx_of(run)
     result = {"params": summary["train"]["total_params"],
               "size_mb": sum(f.stat().st_size for f in run.glob("*.safetensors")) / 2**20,
-              "metric": summary["main_metric"], "value": summary["eval"][summary["main_metric"]]}
-    with cpu_kernels(loaded.model):
-        result["b1"] = throughput(loaded.model, batches(1, 64))
-        result["b32"] = throughput(loaded.model, batches(32, 256))
-    int8 = load_trained(str(onnx / "model.int8.onnx"))
-    result["int8_size_mb"] = (onnx / "model.int8.onnx").stat().st_size / 2**20
-    result["int8_b1"] = throughput(int8.model, batches(1, 64))
-    result["int8_b32"] = throughput(int8.model, batches(32, 256))
+              "metric": summary["main_metric"], "value": summary["eval"][summary["main_metric"]],
+              "int8_size_mb": (onnx / "model.int8.onnx").stat().st_size / 2**20}
     with tempfile.TemporaryDirectory() as d:
-        subprocess.run([*FTKIT, "eval", onnx / "model.int8.onnx", "--data", cfg.data.train, "--output",
+        subprocess.run([*FTKIT, "eval", onnx / "model.int8.onnx", "--data", data, "--output",
                         Path(d) / "e.json"], check=True, stdout=subprocess.DEVNULL)
         result["int8_value"] = json.loads((Path(d) / "e.json").read_text())[summary["main_metric"]]
     return result
@@ -122,24 +149,47 @@ def main() -> None:
     ap.add_argument("--lr", type=float, help="learning rate of every training run, recovery included (default: "
                                              "full fine-tuning's, 3e-5)")
     ap.add_argument("--results", type=Path, default=HERE / "COMPRESS.md")
+    ap.add_argument("--speed-of", type=Path, metavar="KEPT", help="only measure the speed of a kept seed's models")
     args = ap.parse_args()
+    if args.speed_of:
+        rows = {(data, name): [speed] for data in args.data or list(TASKS) if (args.speed_of / data).is_dir()
+                for name, speed in speeds({n: args.speed_of / data / f for n, f in FOLDERS.items()}).items()}
+        text = args.results.read_text() if args.results.is_file() else ""
+        args.results.write_text(text + "\n" + "\n".join(speed_table(rows)) + "\n")
+        print(f"wrote {args.results}")
+        return
     rows: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as d:
         for seed in range(1, args.seeds + 1):  # seed by seed: a study cut short still has every dataset
             for data in args.data or list(TASKS):
-                root = Path(d) / data / f"seed{seed}"
-                for name, run in variants(data, seed, args.epochs, root, args.lr).items():
-                    onnx = run.with_name(run.name + "-onnx")
-                    ftkit("export", run, "--format", "onnx", "--int8", "--output", onnx)
-                    rows.setdefault((data, name), []).append(measure(run, onnx))
+                runs = variants(data, seed, args.epochs, Path(d) / data / f"seed{seed}", args.lr)
+                for run in runs.values():
+                    ftkit("export", run, "--format", "onnx", "--int8", "--output", onnx_of(run))
+                for name, speed in speeds(runs).items():
+                    rows.setdefault((data, name), []).append(measure(runs[name]) | speed)
                     print(data, seed, name, rows[(data, name)][-1], flush=True)
-                    write(args, rows)  # after every model: a stopped study keeps what it measured
+                write(args, rows)  # after every seed of a dataset: a stopped study keeps what it measured
 
 
 def _mean(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _speed(rows: dict, data: str, name: str, mode: str) -> str:
+    """The median examples/s over seeds, and the median of the seeds' ratios to the teacher's."""
+    rs, teacher = rows[(data, name)], rows[(data, "teacher")]
+    ratio = statistics.median(r[mode] / t[mode] for r, t in zip(rs, teacher))
+    return f"{statistics.median(r[mode] for r in rs):.0f} ({ratio:.2f}x)"
+
+
+def speed_table(rows: dict) -> list[str]:
+    command = " ".join([".venv/bin/python", "bench/compress.py", *sys.argv[1:]])
+    lines = [f"## Speed again, round-robin (`{command}`, {platform.node()}, {time.strftime('%Y-%m-%d')})", "",
+             "| data | model | ex/s b1 | ex/s b32 | int8 ex/s b1 | int8 ex/s b32 |", "|---|---|---:|---:|---:|---:|"]
+    return lines + [f"| {data} | {name} | " + " | ".join(_speed(rows, data, name, m) for m in MODES) + " |"
+                    for data, name in rows]
 
 
 def write(args, rows: dict) -> None:
@@ -149,16 +199,17 @@ def write(args, rows: dict) -> None:
              f"up to {args.seeds} seed(s) (column n: how many a row has), "
              + (f"{args.epochs:g} epoch(s) per training run" if args.epochs else "the tool's default training length")
              + (f" at learning rate {args.lr:g}" if args.lr else "") + ". Method: the docstring of "
-             "bench/compress.py. Examples/s: the model alone on CPU (median of 3 timed passes).", "",
+             "bench/compress.py. Examples/s: the model alone on CPU, measured round-robin (in brackets: the ratio to "
+             "the teacher's).", "",
              "| data | model | n | params | MiB | ex/s b1 | ex/s b32 | held-out | int8 MiB | int8 ex/s b1 "
              "| int8 ex/s b32 | int8 held-out |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (data, name), rs in rows.items():
         g = lambda k: [r[k] for r in rs]  # noqa: E731
+        speed = [_speed(rows, data, name, m) for m in MODES]
         lines.append(f"| {data} | {name} | {len(rs)} | {statistics.mean(g('params')) / 1e6:.1f}M | "
-                     f"{statistics.mean(g('size_mb')):.0f} | {statistics.median(g('b1')):.0f} | "
-                     f"{statistics.median(g('b32')):.0f} | {rs[0]['metric']} {_mean(g('value'))} | "
-                     f"{statistics.mean(g('int8_size_mb')):.0f} | {statistics.median(g('int8_b1')):.0f} | "
-                     f"{statistics.median(g('int8_b32')):.0f} | {_mean(g('int8_value'))} |")
+                     f"{statistics.mean(g('size_mb')):.0f} | {speed[0]} | {speed[1]} | "
+                     f"{rs[0]['metric']} {_mean(g('value'))} | {statistics.mean(g('int8_size_mb')):.0f} | "
+                     f"{speed[2]} | {speed[3]} | {_mean(g('int8_value'))} |")
     args.results.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.results}")
 
