@@ -17,7 +17,9 @@ the ftkit CLI, as a user would.
     .venv/bin/python bench/compress.py --speed-of KEPT --results FILE   # again, the speed of a kept seed's models
 
 ``--speed-of KEPT`` measures the models of one seed kept from an earlier study (KEPT/DATA/teacher, prune-a, ...,
-with their -onnx exports) and appends their speed table to FILE.
+with their -onnx exports) and appends their speed table to FILE. Beside FILE: FILE.json (every seed's figures) and
+FILE.png, the trade-off plotted — held-out metric against the ratio of examples/s to the teacher's, a panel a dataset
+(the round-robin re-measure's ratios where there is one).
 """
 
 from __future__ import annotations
@@ -156,7 +158,9 @@ def main() -> None:
                 for name, speed in speeds({n: args.speed_of / data / f for n, f in FOLDERS.items()}).items()}
         text = args.results.read_text() if args.results.is_file() else ""
         args.results.write_text(text + "\n" + "\n".join(speed_table(rows)) + "\n")
-        print(f"wrote {args.results}")
+        saved = json.loads(args.results.with_suffix(".json").read_text())
+        saved["speed"] = _listed(rows)
+        save(args.results, saved)
         return
     rows: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -169,6 +173,51 @@ def main() -> None:
                     rows.setdefault((data, name), []).append(measure(runs[name]) | speed)
                     print(data, seed, name, rows[(data, name)][-1], flush=True)
                 write(args, rows)  # after every seed of a dataset: a stopped study keeps what it measured
+                save(args.results, {"models": _listed(rows)})
+
+
+def _listed(rows: dict) -> list[dict]:
+    return [{"data": data, "model": name, "seeds": rs} for (data, name), rs in rows.items()]
+
+
+def save(results: Path, saved: dict) -> None:
+    """FILE.json (the figures, seed by seed) and FILE.png (the trade-off plotted) beside the results FILE."""
+    results.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
+    plot(saved, results.with_suffix(".png"))
+    print(f"wrote {results}, .json and .png")
+
+
+def plot(saved: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = {(r["data"], r["model"]): r["seeds"] for r in saved["models"]}
+    speed = {(r["data"], r["model"]): r["seeds"] for r in saved.get("speed", saved["models"])}
+    datasets = list(dict.fromkeys(data for data, _ in models))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 5), squeeze=False)
+    for ax, data in zip(axes[0], datasets):
+        for (d, name), rs in models.items():
+            if d != data or (d, "teacher") not in speed:
+                continue
+            values = [r["value"] for r in rs]
+            for mode, marker in (("b1", "o"), ("b32", "s")):
+                ratio = statistics.median(r[mode] / t[mode] for r, t in zip(speed[(d, name)], speed[(d, "teacher")]))
+                ax.errorbar(ratio, statistics.mean(values), yerr=statistics.stdev(values) if len(values) > 1 else 0,
+                            fmt=marker, color=f"C{list(FOLDERS).index(name)}", capsize=3,
+                            label=name if mode == "b1" else None)
+        metric, teacher = models[(data, "teacher")][0]["metric"], models[(data, "teacher")]
+        ax.axvline(1.8, color="grey", ls=":")
+        ax.axhline(statistics.mean(r["value"] for r in teacher) - 0.015, color="grey", ls=":",
+                   label="issue 21's target: >= 1.8x, within 1.5 points")
+        ax.set(title=f"{data} (minilm; circles batch 1, squares batch 32)", xlabel="examples/s, x the teacher's",
+               ylabel=f"held-out {metric} (mean ± sd over seeds)")
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _mean(values: list[float], digits: int = 4) -> str:
@@ -211,7 +260,6 @@ def write(args, rows: dict) -> None:
                      f"{rs[0]['metric']} {_mean(g('value'))} | {statistics.mean(g('int8_size_mb')):.0f} | "
                      f"{speed[2]} | {speed[3]} | {_mean(g('int8_value'))} |")
     args.results.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
