@@ -305,14 +305,16 @@ def derived(run: Config, where: str, own: dict, flags: dict, sets: list[str]) ->
     """The config of a run made from a finished one (a distilled student, a pruned model's recovery): the run's
     task, data and training settings (the layer named ``where``) < ``own`` (the new run's: its model, output,
     method...) < flags < ``--set``. The run's model, method and learning rate stay behind (the new run has its own),
-    and so does its length (a run trained with the default length saved its 300-step floor; carried over, it would
-    override an explicit ``--epochs``): ``own``'s, whose floor (min_steps) gives way when the flags or --set give
-    epochs or max_steps, as a fresh run's does."""
+    as does its teacher (a pruned student recovers by distillation only when asked), and so does its length (a run
+    trained with the default length saved its 300-step floor; carried over, it would override an explicit
+    ``--epochs``): ``own``'s, whose floor (min_steps) gives way when the flags or --set give epochs or max_steps, as
+    a fresh run's does."""
     base = run.to_dict()
     for key in ("output", "model", "method"):
         base.pop(key)
     for key in ("lr", "epochs", "max_steps", "min_steps"):
         base["train"].pop(key)
+    base["distill"].pop("teacher")
     user = [("command-line flags", flags), ("--set", parse_set(sets))]
     if {"epochs", "max_steps"} & merge_layers(user).get("train", {}).keys():
         own = {**own, "train": {k: v for k, v in own.get("train", {}).items() if k != "min_steps"}}

@@ -139,11 +139,13 @@ RECOVERY = {"train": {"epochs": 1.0, "min_steps": 300}}  # `ftkit prune`'s own l
     (RECOVERY, {}, ["train.min_steps=20"], (1.0, None, 20)),
 ])
 def test_a_run_made_from_a_finished_one_takes_its_own_length(own, flags, sets, length):
-    run = config.resolve(None, {"method": "ia3", "train": {"lr": 5e-4, "seed": 7}}, [])  # the default length
+    run = config.resolve(None, {"method": "full", "train": {"lr": 5e-4, "seed": 7}},
+                         ["distill.teacher=t", "distill.alpha=0.8"])  # a distilled student of the default length
     assert run.train.min_steps == 300
     cfg = config.derived(run, "run r", {"output": "o", **own}, flags, sets)
     assert (cfg.train.epochs, cfg.train.max_steps, cfg.train.min_steps) == length
     assert cfg.train.seed == 7 and cfg.method["name"] == "lora" and cfg.train.lr is None  # the run's method stays
+    assert cfg.distill.teacher is None and cfg.distill.alpha == 0.8  # failed before: it distilled from "t" again
 
 
 @pytest.mark.parametrize("task, method, sets, targets", [
