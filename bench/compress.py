@@ -71,13 +71,11 @@ def onnx_of(run: Path) -> Path:
     return run.with_name(run.name + "-onnx")
 
 
-def held_out_batches(run: Path) -> dict[str, list[dict]]:
-    """Model inputs from the run's held-out rows: 64 of them one at a time (b1), 256 in batches of 32 (b32)."""
+def held_out_batches(loaded) -> dict[str, list[dict]]:
+    """Model inputs from a loaded run's held-out rows: 64 of them one at a time (b1), 256 in batches of 32 (b32)."""
     from ftkit.data import held_out_split, read_table
     from ftkit.inference import model_labels, settings
-    from ftkit.runs import load_trained
 
-    loaded = load_trained(str(run))
     cfg, task = settings(loaded, []), loaded.task
     table = read_table(cfg.data.train)
     held = held_out_split(table, cfg.data.eval_fraction, cfg.train.seed)[1]
@@ -100,27 +98,27 @@ def speeds(runs: dict[str, Path], rounds: int = 5) -> dict[str, dict[str, float]
     from ftkit.models import cpu_kernels
     from ftkit.runs import load_trained
 
-    inputs = held_out_batches(next(iter(runs.values())))  # the models share the tokenizer and the data
-    models = {}
+    loaded = {name: load_trained(str(run)) for name, run in runs.items()}
+    inputs = held_out_batches(next(iter(loaded.values())))  # the models share the tokenizer and the data
+    models = {}  # (name, mode) -> (model, its inputs)
     for name, run in runs.items():
-        loaded = load_trained(str(run)).model
-        models[(name, "b1")] = models[(name, "b32")] = loaded
-        models[(name, "int8_b1")] = models[(name, "int8_b32")] = load_trained(
-            str(onnx_of(run) / "model.int8.onnx")).model
+        int8 = load_trained(str(onnx_of(run) / "model.int8.onnx")).model
+        for mode, model in (("b1", loaded[name].model), ("b32", loaded[name].model), ("int8_b1", int8),
+                            ("int8_b32", int8)):
+            models[(name, mode)] = model, inputs[mode.rpartition("b")[2]]
     times: dict = {key: [] for key in models}
     with torch.inference_mode():
         for _ in range(rounds + 1):  # the first round warms up
-            for (name, mode), model in models.items():
-                batches = inputs[mode.rpartition("b")[2]]
+            for key, (model, batches) in models.items():
                 with cpu_kernels(model):  # nothing to do for ONNX
                     start = time.perf_counter()
                     for b in batches:
                         model(**b)
-                    times[(name, mode)].append(time.perf_counter() - start)
+                    times[key].append(time.perf_counter() - start)
     out: dict = {}
     for (name, mode), t in times.items():
-        n = sum(len(b["input_ids"]) for b in inputs[mode.rpartition("b")[2]])
-        out.setdefault(name, {})[mode] = n / statistics.median(t[1:])
+        out.setdefault(name, {})[mode] = sum(len(b["input_ids"]) for b in models[(name, mode)][1]) / \
+            statistics.median(t[1:])
     return out
 
 
@@ -233,18 +231,20 @@ def _speed(rows: dict, data: str, name: str, mode: str) -> str:
     return f"{statistics.median(r[mode] for r in rs):.0f} ({ratio:.2f}x)"
 
 
+def _command() -> str:
+    return " ".join([".venv/bin/python", "bench/compress.py", *sys.argv[1:]])
+
+
 def speed_table(rows: dict) -> list[str]:
-    command = " ".join([".venv/bin/python", "bench/compress.py", *sys.argv[1:]])
-    lines = [f"## Speed again, round-robin (`{command}`, {platform.node()}, {time.strftime('%Y-%m-%d')})", "",
+    lines = [f"## Speed again, round-robin (`{_command()}`, {platform.node()}, {time.strftime('%Y-%m-%d')})", "",
              "| data | model | ex/s b1 | ex/s b32 | int8 ex/s b1 | int8 ex/s b32 |", "|---|---|---:|---:|---:|---:|"]
     return lines + [f"| {data} | {name} | " + " | ".join(_speed(rows, data, name, m) for m in MODES) + " |"
                     for data, name in rows]
 
 
 def write(args, rows: dict) -> None:
-    command = " ".join([".venv/bin/python", "bench/compress.py", *sys.argv[1:]])
     lines = ["# Smaller models: pruning and distillation", "",
-             f"`{command}` on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d')}; "
+             f"`{_command()}` on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d')}; "
              f"up to {args.seeds} seed(s) (column n: how many a row has), "
              + (f"{args.epochs:g} epoch(s) per training run" if args.epochs else "the tool's default training length")
              + (f" at learning rate {args.lr:g}" if args.lr else "") + ". Method: the docstring of "
