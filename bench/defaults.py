@@ -10,6 +10,8 @@
     .venv/bin/python bench/defaults.py --study polarity --datasets polarity  # a longer run
     .venv/bin/python bench/defaults.py --study tag-more --datasets pos-wsj   # + label smoothing
     .venv/bin/python bench/defaults.py --study tag-defaults --datasets pos-wsj,pos-wsj-300
+    .venv/bin/python bench/defaults.py --study tag-r16 --datasets pos-wsj --extra '--set method.r=16 --set method.alpha=32'
+    .venv/bin/python bench/defaults.py --study full                          # full fine-tuning's rate
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
@@ -84,6 +86,14 @@ STUDIES = {
     "rank": {  # LoRA's rank at a constant alpha/r of 2; the default's figures: the scheduler study's cosine runs
         "r 8, alpha 16 (default)": [],
         "r 16, alpha 32": ["--set", "method.r=16", "--set", "method.alpha=32"],
+    },
+    "tag-r16": {  # pos-wsj toward 0.96 at r 16 (--extra '--set method.r=16 --set method.alpha=32'): a lower rate and
+        # a longer run; the r 16 default's own figures: the rank study's
+        "lr 1e-3": ["--lr", "1e-3"],
+        "min_steps=600": ["--set", "train.min_steps=600"],
+    },
+    "full": {  # full fine-tuning at its default rate; at 1e-4 the figures are bench/compress.py --lr 1e-4's teachers
+        "full, lr 3e-5 (default)": ["--method", "full"],
     },
     "epsilon": {  # FGM's perturbation size: epsilon 1.0 kept polarity at chance (the options study)
         "adversarial=fgm, epsilon 0.1": ["--set", "train.adversarial=fgm", "--set", "train.adversarial_epsilon=0.1"],
