@@ -109,6 +109,7 @@ def run_ftkit(w: Workload, model: str, train: str, eval_: str, folder: Path, env
                   "--batch-size", str(w.batch_size), "--max-length", str(w.max_length), "--lr", str(w.lr),
                   "--precision", w.precision, "--set", "train.log_every=1",
                   "--set", "method.target_modules=null",  # peft's default targets, as the reference's LoRA
+                  "--set", "method.r=8",  # and its rank (alpha 2r = 16)
                   "--set", "train.scheduler=linear",  # the reference's schedule
                   *extra],
                  env | ({"FTKIT_CACHE": cache} if fresh_cache else {}),

@@ -250,6 +250,31 @@ def test_fused_lora_dropout_computes_what_peft_computes_and_keeps_less(tiny_mode
     assert fused_bytes < 0.85 * stock_bytes, (fused_bytes, stock_bytes)
 
 
+def test_lora_alpha_follows_the_rank_unless_set(tiny_model):
+    """alpha left unset is 2 * r, so a rank set alone keeps the update's scale (alpha / r) of 2; cls and tag LoRA
+    default to r 16, the other tasks and methods to r 8."""
+    from transformers import AutoModelForSequenceClassification
+
+    ctx = type("Ctx", (), {"head": ["classifier"], "peft_task_type": "SEQ_CLS", "total_steps": 100})()
+
+    def adapter(*sets):
+        cfg = config.resolve(None, {}, [*sets])
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+        wrapped = METHODS.get(cfg.method_name).apply(model, cfg.method_params, ctx)
+        layer = next(m for n, m in wrapped.named_modules() if n.endswith("attention.self.query"))
+        return wrapped.peft_config["default"].r, wrapped.peft_config["default"].lora_alpha, layer.scaling["default"]
+
+    assert adapter() == (16, 32.0, 2.0)  # cls LoRA's default rank
+    assert adapter("method.r=4") == (4, 8.0, 2.0)  # before: alpha 16 whatever the rank (a scale of 4 here)
+    assert adapter("method.r=4", "method.alpha=32") == (4, 32.0, 8.0)
+    assert adapter("task.name=tag")[:2] == (16, 32.0)
+    assert adapter("task.name=gen")[:2] == (8, 16.0)
+    assert adapter("method.name=dora")[:2] == (8, 16.0)  # LoRA's measured rank is not DoRA's until measured
+    assert adapter("method.name=adalora")[1] == 16.0  # 2 * its target rank (8)
+    with pytest.raises(UsageError, match="method.alpha"):
+        config.resolve(None, {}, ["method.alpha=0"])
+
+
 def test_lora_dropout_is_fused_for_lora_only(tiny_model):
     from ftkit.methods._lora_dropout import DropoutLinear
 
