@@ -10,7 +10,8 @@
     .venv/bin/python bench/defaults.py --study polarity --datasets polarity  # a longer run
     .venv/bin/python bench/defaults.py --study tag-more --datasets pos-wsj   # + label smoothing
     .venv/bin/python bench/defaults.py --study tag-defaults --datasets pos-wsj,pos-wsj-300
-    .venv/bin/python bench/defaults.py --study tag-r16 --datasets pos-wsj --extra '--set method.r=16 --set method.alpha=32'
+    .venv/bin/python bench/defaults.py --study tag-r16 --datasets pos-wsj \
+        --extra '--set method.r=16 --set method.alpha=32'
     .venv/bin/python bench/defaults.py --study full                          # full fine-tuning's rate
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
 
