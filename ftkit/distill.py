@@ -31,11 +31,14 @@ def distill(teacher: str, output: str | None, student: str | None = None, unlabe
                          "model scores classes)")
     if not output:
         raise UsageError("no run directory: pass --output RUN_DIR")
-    own = {"model": {"name": student_model(target, student)}, "method": "full", "output": output,
-           "distill": {"teacher": str(target.path.resolve())}}  # length: a fresh run's default
-    if unlabelled:
-        own["data"] = with_unlabelled(target, unlabelled)
-    cfg = config_mod.derived(target.cfg, f"teacher {teacher}", own, flags or {}, sets or [])
+    where = f"teacher {teacher}"
+    own = {"method": "full", "output": output, "distill": {"teacher": str(target.path.resolve())}}  # length: default
+    config_mod.derived(target.cfg, where, own, flags or {}, sets or [])  # bad settings: before the teacher loads
+    texts = _texts(unlabelled) if unlabelled else None
+    own["model"] = {"name": student_model(target, student)}
+    if texts:
+        own["data"] = with_unlabelled(target, unlabelled, texts)
+    cfg = config_mod.derived(target.cfg, where, own, flags or {}, sets or [])
     return train(cfg, **train_kw)
 
 
@@ -74,15 +77,15 @@ def layers_dropped(target, keep: int) -> Path:
     return derived_checkpoint("students", weight_files(target), f"layers={keep}", build)
 
 
-def with_unlabelled(target, unlabelled: str) -> dict:
-    """The teacher's training rows plus ``unlabelled`` texts with the teacher's predictions as their labels, and its
-    evaluation rows (its own held-out split when it had no eval file) -> data.train / data.eval for the student."""
+def with_unlabelled(target, unlabelled: str, texts: list[str]) -> dict:
+    """The teacher's training rows plus ``texts`` (read from ``unlabelled``) with the teacher's predictions as their
+    labels, and its evaluation rows (its own held-out split when it had no eval file) -> data.train / data.eval for
+    the student."""
     from ftkit.data import held_out_split, read_table, read_training
     from ftkit.inference import predict
     from ftkit.runs import load_trained
 
     cfg, task = target.cfg, target.task
-    texts = _texts(unlabelled)
     train_table = read_training(cfg.data.train)[0]
     if cfg.data.eval:
         eval_table = read_table(cfg.data.eval)

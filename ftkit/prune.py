@@ -42,12 +42,14 @@ def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, he
     if not target.task.classifies:
         raise UsageError(f"{run}: a {target.task.name} run; pruning covers cls and tag runs (tasks whose model "
                          "scores classes)")
-    path, report = pruned(target, ffn, layers, samples)
-    recovery = {"model": {"name": str(path)}, "method": "full", "output": output,
+    recovery = {"method": "full", "output": output,
                 "train": {"epochs": 1.0, "min_steps": config_mod.DEFAULT_MIN_STEPS}}
     if distil:
         recovery["distill"] = {"teacher": str(target.path.resolve())}
-    cfg = config_mod.derived(target.cfg, f"run {run}", recovery, flags or {}, sets or [])
+    config_mod.derived(target.cfg, f"run {run}", recovery, flags or {}, sets or [])  # bad settings: before pruning
+    path, report = pruned(target, ffn, layers, samples)
+    cfg = config_mod.derived(target.cfg, f"run {run}", {**recovery, "model": {"name": str(path)}}, flags or {},
+                             sets or [])
     summary = train(cfg, **train_kw)
     if (Path(cfg.output) / "metrics.json").is_file():
         write_text(Path(cfg.output) / "prune.json", json.dumps(report, indent=2) + "\n")

@@ -107,6 +107,7 @@ def test_unlabelled_text_is_labelled_by_the_teacher(teacher, tmp_path, cli):
 def test_bad_input_is_refused_before_weights_load(teacher, tiny_model, tiny_causal, copy_data, sentiment, tmp_path,
                                                   cli, monkeypatch):
     import ftkit.base_model
+    import ftkit.runs
 
     gen = tmp_path / "gen"
     assert cli(*train_args(tiny_causal, copy_data, gen, "--task", "gen", "--max-steps", "2")).exit_code == 0
@@ -115,12 +116,16 @@ def test_bad_input_is_refused_before_weights_load(teacher, tiny_model, tiny_caus
         raise AssertionError("weights were loaded")
 
     monkeypatch.setattr(ftkit.base_model, "load_for_training", never)
+    monkeypatch.setattr(ftkit.runs, "load_trained", never)  # the teacher, to build a student or label text
     cases = [(["distill", gen, "--output", tmp_path / "a"], "a gen run; distillation covers cls and tag"),
              (["distill", tiny_model, "--output", tmp_path / "b"], "not a finished ftkit run dir"),
              (["distill", teacher, "--output", tmp_path / "c", "--student", "layers=5"], "keep 1 to 1"),
              (["distill", teacher, "--output", tmp_path / "d", "--student", "layers=x"], "expected layers=N"),
              (["distill", teacher, "--output", tmp_path / "e", "--student", tiny_causal], "tokenizer differs"),
              (["distill", teacher, "--output", tmp_path / "f", "--set", "distill.alpha=2"], "distill.alpha"),
+             (["distill", teacher, "--output", tmp_path / "f", "--set", "train.max_steps=-2"], "train.max_steps"),
+             (["distill", teacher, "--output", tmp_path / "f", "--unlabelled", __file__, "--set",
+               "train.epochs=x"], "train.epochs"),
              (["distill", teacher, "--output", tmp_path / "g", "--unlabelled", tmp_path / "none.txt"], "no such file"),
              (["train", "--task", "gen", "--model", tiny_causal, "--data", copy_data["train"], "--output",
                tmp_path / "h", "--set", f"distill.teacher={teacher}"], "distillation need one class per row or token")]

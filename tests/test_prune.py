@@ -102,8 +102,15 @@ def test_train_distill_prune_export_evaluate(run, sentiment, tmp_path, cli):
     assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == held_out["accuracy"]
 
 
-def test_bad_input_is_refused(run, tiny_model, tmp_path, cli):
-    cases = [(["--heads", "0.5", "--ffn", "0.2"], "attention heads are not pruned"),
+def test_bad_input_is_refused(run, tiny_model, tmp_path, cli, monkeypatch):
+    import ftkit.runs
+
+    def never(*a, **k):
+        raise AssertionError("the run was loaded to measure importance")
+
+    monkeypatch.setattr(ftkit.runs, "load_trained", never)
+    cases = [(["--ffn", "0.3", "--set", "train.max_steps=-2"], "train.max_steps"),
+             (["--ffn", "0.3", "--epochs", "0"], "train.epochs"), (["--heads", "0.5", "--ffn", "0.2"], "attention heads are not pruned"),
              (["--layers", "2"], "remove 0 to 1"), (["--ffn", "1.0"], "in [0, 1)"),
              ([], "nothing to prune"), (["--ffn", "0.3", "--samples", "0"], "--samples")]
     for extra, message in cases:
