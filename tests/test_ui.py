@@ -273,3 +273,19 @@ def test_a_running_taggers_best_is_its_entity_f1(tmp_path):
                                                for s, a, f in ((5, 0.9, 0.4), (10, 0.95, 0.3))))
     r = read_run("0/ner", run)
     assert r.status == "running" and r.main_metric == "entity_f1" and r.best == 0.4 and r.steps == 10
+
+
+def test_job_logs_are_kept_in_a_temporary_folder_only_while_the_dashboard_runs(tmp_path, monkeypatch):
+    import tempfile
+
+    from ftkit.ui.jobs import Jobs
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    Jobs().shutdown()
+    assert not list(tmp_path.glob("ftkit-ui-jobs-*"))  # a dashboard that launches nothing makes no folder
+    jobs = Jobs()
+    job = jobs.start(["--help"], tmp_path / "run")
+    assert job.process.wait(120) == 0 and "--output" in job.log.read_text()
+    assert job.log.parent.parent == tmp_path
+    jobs.shutdown()
+    assert not list(tmp_path.glob("ftkit-ui-jobs-*"))  # before: one folder left in /tmp per dashboard started

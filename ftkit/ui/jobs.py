@@ -4,6 +4,7 @@ log file the page streams, SIGTERM to stop it (ftkit then writes a checkpoint, s
 from __future__ import annotations
 
 import itertools
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,8 +34,16 @@ class Job:
 class Jobs:
     def __init__(self):
         self.jobs: dict[str, Job] = {}
-        self.logs = Path(tempfile.mkdtemp(prefix="ftkit-ui-jobs-"))
+        self._logs: Path | None = None
         self._ids = itertools.count(1)
+
+    @property
+    def logs(self) -> Path:
+        """The jobs' console logs: a temporary folder made at the first launch and removed at shutdown (each run
+        dir keeps its own records)."""
+        if self._logs is None:
+            self._logs = Path(tempfile.mkdtemp(prefix="ftkit-ui-jobs-"))
+        return self._logs
 
     def check(self, recipes: dict[str, Path], recipe: str, output: str, overrides: str, root: Path) -> dict:
         """The form's fields checked by the CLI's own config code -> {field: message} (empty when it can start)."""
@@ -75,7 +84,7 @@ class Jobs:
         return {j.run_dir: j.process.poll() is None for j in self.jobs.values()}
 
     def shutdown(self) -> None:
-        """Stop what is still running (each writes a checkpoint) and wait for it."""
+        """Stop what is still running (each writes a checkpoint), wait for it, and remove the logs' folder."""
         for job in self.jobs.values():
             self.stop(job)
         for job in self.jobs.values():
@@ -83,3 +92,6 @@ class Jobs:
                 job.process.wait(60)
             except subprocess.TimeoutExpired:
                 job.process.kill()
+                job.process.wait(10)
+        if self._logs is not None:
+            shutil.rmtree(self._logs, ignore_errors=True)
