@@ -265,6 +265,7 @@ def test_lora_alpha_follows_the_rank_unless_set(tiny_model):
         return wrapped.peft_config["default"].r, wrapped.peft_config["default"].lora_alpha, layer.scaling["default"]
 
     assert adapter() == (16, 32.0, 2.0)  # cls LoRA's default rank
+    assert config.resolve(None, {}, ["method.r=4"]).method["alpha"] == 8.0  # ftkit.yaml and the card show it
     assert adapter("method.r=4") == (4, 8.0, 2.0)  # before: alpha 16 whatever the rank (a scale of 4 here)
     assert adapter("method.r=4", "method.alpha=32") == (4, 32.0, 8.0)
     assert adapter("task.name=tag")[:2] == (16, 32.0)

@@ -31,11 +31,14 @@ class Method:
 
     def task_defaults(self, params, task_name: str, given: set[str]):
         """``params`` with ``task_params`` of ``task_name`` in place of the fields not in ``given`` (the keys the
-        user set)."""
+        user set), then with the defaults that follow other fields filled in (``params.settled()``, where the params
+        dataclass has one), so the run's ftkit.yaml and model card show the values it trained with."""
         import dataclasses
 
         chosen = {k: v for k, v in self.task_params.get(task_name, {}).items() if k not in given}
-        return dataclasses.replace(params, **chosen) if chosen else params
+        params = dataclasses.replace(params, **chosen) if chosen else params
+        settled = getattr(params, "settled", None)
+        return settled() if settled else params
 
     def validate(self, cfg, task) -> None:
         """Checks that need no model: refuse a setting or a task (``task``: the run's task object) the method cannot

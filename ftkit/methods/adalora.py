@@ -54,7 +54,7 @@ class AdaLora(Method):
         from peft import AdaLoraConfig
 
         tinit, tfinal, delta = schedule(params, ctx.total_steps)
-        config = AdaLoraConfig(init_r=params.init_r, target_r=params.r, lora_alpha=params.lora_alpha,
+        config = AdaLoraConfig(init_r=params.init_r, target_r=params.r, lora_alpha=params.settled().alpha,
                                lora_dropout=params.dropout, target_modules=targets(params),
                                modules_to_save=ctx.head or None, task_type=ctx.peft_task_type,
                                total_step=ctx.total_steps, tinit=tinit, tfinal=tfinal, deltaT=delta,

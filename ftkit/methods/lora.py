@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
@@ -26,10 +27,9 @@ class LoraParams:
         if not 0 <= self.dropout < 1:
             raise UsageError(f"config key 'method.dropout': got {self.dropout!r}, expected a number in [0, 1)")
 
-    @property
-    def lora_alpha(self) -> float:
-        """alpha, or 2 * r when unset: a rank set alone keeps the scale (alpha / r) of 2, as LLaMA-Factory does."""
-        return self.alpha if self.alpha is not None else 2.0 * self.r
+    def settled(self) -> LoraParams:
+        """alpha set to 2 * r when unset: a rank set alone keeps the scale (alpha / r) of 2, as LLaMA-Factory does."""
+        return self if self.alpha is not None else dataclasses.replace(self, alpha=2.0 * self.r)
 
 
 def targets(params):
@@ -80,7 +80,7 @@ class Lora(Method):
     def apply(self, model, params: LoraParams, ctx):
         from peft import LoraConfig
 
-        config = LoraConfig(r=params.r, lora_alpha=params.lora_alpha, lora_dropout=params.dropout,
+        config = LoraConfig(r=params.r, lora_alpha=params.settled().alpha, lora_dropout=params.dropout,
                             target_modules=targets(params), modules_to_save=ctx.head or None,
                             task_type=ctx.peft_task_type, use_dora=self.use_dora)
         model = wrap(model, config, params, self.name)
