@@ -110,7 +110,8 @@ def test_bad_input_is_refused(run, tiny_model, tmp_path, cli, monkeypatch):
 
     monkeypatch.setattr(ftkit.runs, "load_trained", never)
     cases = [(["--ffn", "0.3", "--set", "train.max_steps=-2"], "train.max_steps"),
-             (["--ffn", "0.3", "--epochs", "0"], "train.epochs"), (["--heads", "0.5", "--ffn", "0.2"], "attention heads are not pruned"),
+             (["--ffn", "0.3", "--epochs", "0"], "train.epochs"),
+             (["--heads", "0.5", "--ffn", "0.2"], "attention heads are not pruned"),
              (["--layers", "2"], "remove 0 to 1"), (["--ffn", "1.0"], "in [0, 1)"),
              ([], "nothing to prune"), (["--ffn", "0.3", "--samples", "0"], "--samples")]
     for extra, message in cases:
