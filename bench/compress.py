@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, help="epochs of every training run but pruning's one-epoch recovery "
                                                  "(default: the tool's, 3 with a floor of 300 optimizer steps)")
     ap.add_argument("--lr", type=float, help="learning rate of every training run, recovery included (default: "
-                                             "full fine-tuning's, 3e-5)")
+                                             "full fine-tuning's for the task)")
     ap.add_argument("--results", type=Path, default=HERE / "COMPRESS.md")
     ap.add_argument("--speed-of", type=Path, metavar="KEPT", help="only measure the speed of a kept seed's models")
     args = ap.parse_args()

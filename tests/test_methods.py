@@ -291,3 +291,19 @@ def test_lora_dropout_is_fused_for_lora_only(tiny_model):
     assert kinds("lora", 0.1) == {DropoutLinear.__name__}
     assert kinds("lora", 0.0) == {"Linear"}  # nothing to fuse
     assert kinds("dora", 0.1) == {"Linear"}  # DoRA's variant reads the dropped input itself
+
+
+def test_a_learning_rate_left_unset_is_the_methods_measured_one_for_the_task(tiny_model, tiny_causal, sentiment,
+                                                                             copy_data, tmp_path):
+    import yaml
+
+    cases = [("full", "cls", tiny_model, sentiment, 1e-4),  # the full study: 1e-4 beats 3e-5 on cls and tag
+             ("full", "gen", tiny_causal, copy_data, 3e-5), ("lora", "cls", tiny_model, sentiment, 2e-3),
+             ("lora", "gen", tiny_causal, copy_data, 5e-4)]
+    for i, (method, task, model, data, lr) in enumerate(cases):
+        out = tmp_path / str(i)
+        result = run_cli("train", "--task", task, "--method", method, "--model", model, "--data", data["train"],
+                         "--eval-data", data["eval"], "--output", out, "--max-steps", "1", "--batch-size", "8",
+                         "--max-length", "32")
+        assert result.exit_code == 0, result.output
+        assert yaml.safe_load((out / "ftkit.yaml").read_text())["train"]["lr"] == lr, (method, task)
