@@ -13,6 +13,7 @@
     .venv/bin/python bench/defaults.py --study tag-r16 --datasets pos-wsj \
         --extra '--set method.r=16 --set method.alpha=32'
     .venv/bin/python bench/defaults.py --study tag-lr --datasets pos-wsj     # tag's rate at r 16: 3e-3
+    .venv/bin/python bench/defaults.py --study rank-small --datasets polarity-300,pos-wsj-300
     .venv/bin/python bench/defaults.py --study full                          # full fine-tuning's rate
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
 
@@ -96,6 +97,10 @@ STUDIES = {
     },
     "tag-lr": {  # the other side of tag's rate at the r 16 default (1e-3 lost 0.4 points in tag-r16)
         "lr 3e-3": ["--lr", "3e-3"],
+    },
+    "rank-small": {  # the r 16 default on small data (alpha follows r): --datasets polarity-300,pos-wsj-300
+        "r 8 (before)": ["--set", "method.r=8"],
+        "r 16 (default)": [],
     },
     "full": {  # full fine-tuning at its default rate; at 1e-4 the figures are bench/compress.py --lr 1e-4's teachers
         "full, lr 3e-5 (default)": ["--method", "full"],
