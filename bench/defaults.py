@@ -97,6 +97,7 @@ STUDIES = {
     },
     "tag-lr": {  # the other side of tag's rate at the r 16 default (1e-3 lost 0.4 points in tag-r16)
         "lr 3e-3": ["--lr", "3e-3"],
+        "lr 5e-3": ["--lr", "5e-3"],
     },
     "rank-small": {  # the r 16 default on small data (alpha follows r): --datasets polarity-300,pos-wsj-300
         "r 8 (before)": ["--set", "method.r=8"],
