@@ -99,7 +99,8 @@ STUDIES = {
         "lr 3e-3": ["--lr", "3e-3"],
         "lr 5e-3": ["--lr", "5e-3"],
     },
-    "rank-small": {  # the r 16 default on small data (alpha follows r): --datasets polarity-300,pos-wsj-300
+    "rank-small": {  # r 8 against the r 16 default (alpha follows r) on small data (--datasets polarity-300,...)
+        # and on more seeds (--datasets polarity --seeds 4,5,6)
         "r 8 (before)": ["--set", "method.r=8"],
         "r 16 (default)": [],
     },
