@@ -251,8 +251,7 @@ def test_fused_lora_dropout_computes_what_peft_computes_and_keeps_less(tiny_mode
 
 
 def test_lora_alpha_follows_the_rank_unless_set(tiny_model):
-    """alpha left unset is 2 * r, so a rank set alone keeps the update's scale (alpha / r) of 2; cls and tag LoRA
-    default to r 16, the other tasks and methods to r 8."""
+    """alpha left unset is 2 * r, so a rank set alone keeps the update's scale (alpha / r) of 2."""
     from transformers import AutoModelForSequenceClassification
 
     ctx = type("Ctx", (), {"head": ["classifier"], "peft_task_type": "SEQ_CLS", "total_steps": 100})()
@@ -264,14 +263,14 @@ def test_lora_alpha_follows_the_rank_unless_set(tiny_model):
         layer = next(m for n, m in wrapped.named_modules() if n.endswith("attention.self.query"))
         return wrapped.peft_config["default"].r, wrapped.peft_config["default"].lora_alpha, layer.scaling["default"]
 
-    assert adapter() == (16, 32.0, 2.0)  # cls LoRA's default rank
+    assert adapter() == (8, 16.0, 2.0)  # the default rank
     assert config.resolve(None, {}, ["method.r=4"]).method["alpha"] == 8.0  # ftkit.yaml and the card show it
     assert adapter("method.r=4") == (4, 8.0, 2.0)  # before: alpha 16 whatever the rank (a scale of 4 here)
+    assert adapter("method.r=32") == (32, 64.0, 2.0)
     assert adapter("method.r=4", "method.alpha=32") == (4, 32.0, 8.0)
-    assert adapter("task.name=tag")[:2] == (16, 32.0)
-    assert adapter("task.name=gen")[:2] == (8, 16.0)
-    assert adapter("method.name=dora")[:2] == (8, 16.0)  # LoRA's measured rank is not DoRA's until measured
-    assert adapter("method.name=adalora")[1] == 16.0  # 2 * its target rank (8)
+    assert adapter("task.name=tag", "method.r=16")[:2] == (16, 32.0)
+    assert adapter("method.name=dora", "method.r=4")[:2] == (4, 8.0)
+    assert adapter("method.name=adalora", "method.r=4", "method.init_r=6")[1] == 8.0  # 2 * its target rank
     with pytest.raises(UsageError, match="method.alpha"):
         config.resolve(None, {}, ["method.alpha=0"])
 

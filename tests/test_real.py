@@ -26,7 +26,7 @@ def test_minilm_info():
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert 22_500_000 < info["total_params"] < 23_000_000
-    assert info["trainable_params"] == 6 * 2 * (16 * 384 * 2) + 384 * 2 + 2  # LoRA (r 16) on query/value + head
+    assert info["trainable_params"] == 6 * 2 * (8 * 384 * 2) + 384 * 2 + 2  # LoRA on query/value + head
 
 
 def test_lora_on_polarity_reaches_075(tmp_path):

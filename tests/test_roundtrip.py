@@ -63,9 +63,9 @@ def test_trainable_parameters_match_the_method(trained):
     hidden, labels = 32, 2
     head = hidden * labels + labels
     expected = {"full": train["total_params"], "head": head,
-                # LoRA r=16 (cls) on query+value of 2 layers: (A: r x 32 + B: 32 x r) x 2 modules x 2 layers, + head
-                "lora": 2 * 2 * (16 * hidden + hidden * 16) + head,
-                # DoRA (r=8) adds a magnitude vector per adapted output: 32 x 2 modules x 2 layers
+                # LoRA r=8 on query+value of 2 layers: (A: r x 32 + B: 32 x r) x 2 modules x 2 layers, plus head
+                "lora": 2 * 2 * (8 * hidden + hidden * 8) + head,
+                # DoRA adds a magnitude vector per adapted output: 32 x 2 modules x 2 layers
                 "dora": 2 * 2 * (8 * hidden + hidden * 8 + hidden) + head,
                 # IA3 on BERT (peft's default): key, value, and the inputs of both `output.dense` layers
                 # (attention output: 32, feed-forward output: intermediate 64)
