@@ -12,7 +12,7 @@
     .venv/bin/python bench/defaults.py --study tag-defaults --datasets pos-wsj,pos-wsj-300
     .venv/bin/python bench/defaults.py --study tag-r16 --datasets pos-wsj \
         --extra '--set method.r=16 --set method.alpha=32'
-    .venv/bin/python bench/defaults.py --study tag-lr --datasets pos-wsj     # tag's rate at r 16: 3e-3
+    .venv/bin/python bench/defaults.py --study tag-lr --datasets pos-wsj --extra '--set method.r=16'  # 3e-3, 5e-3
     .venv/bin/python bench/defaults.py --study rank-small --datasets polarity-300,pos-wsj-300
     .venv/bin/python bench/defaults.py --study full                          # full fine-tuning's rate
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
@@ -95,14 +95,15 @@ STUDIES = {
         "lr 1e-3": ["--lr", "1e-3"],
         "min_steps=600": ["--set", "train.min_steps=600"],
     },
-    "tag-lr": {  # the other side of tag's rate at the r 16 default (1e-3 lost 0.4 points in tag-r16)
+    "tag-lr": {  # the other side of tag's rate at r 16 (1e-3 lost 0.4 points in tag-r16): run while r 16 was the
+        # default; now with --extra '--set method.r=16'
         "lr 3e-3": ["--lr", "3e-3"],
         "lr 5e-3": ["--lr", "5e-3"],
     },
-    "rank-small": {  # r 8 against the r 16 default (alpha follows r) on small data (--datasets polarity-300,...)
-        # and on more seeds (--datasets polarity --seeds 4,5,6)
+    "rank-small": {  # r 8 against r 16 (alpha follows r) on small data (--datasets polarity-300,...) and on more seeds
+        # (--datasets polarity --seeds 4,5,6); run while r 16 was the default, with these labels
         "r 8 (before)": ["--set", "method.r=8"],
-        "r 16 (default)": [],
+        "r 16 (default)": ["--set", "method.r=16"],
     },
     "full": {  # full fine-tuning at its default rate; at 1e-4 the figures are bench/compress.py --lr 1e-4's teachers
         "full, lr 3e-5 (default)": ["--method", "full"],
