@@ -113,6 +113,14 @@ STUDIES = {
         "adversarial=pgd (3 steps), epsilon 0.1": ["--set", "train.adversarial=pgd",
                                                    "--set", "train.adversarial_epsilon=0.1"],
     },
+    "pooler": {  # cls: BERT's pooler (dense + tanh over [CLS]) sits inside the backbone, so LoRA leaves it frozen at
+        # the checkpoint's weights (MiniLM's: std 0.009, never trained by its sentence-embedding objective)
+        "LoRA on the pooler too (query, value, pooler.dense)": [
+            "--set", "method.target_modules=[query,value,pooler.dense]"],
+    },
+    "subtokens": {  # tag: every sub-token of a word trained on the word's tag, not only the first
+        "label_all_subtokens": ["--set", "task.label_all_subtokens=true"],
+    },
 }
 
 
