@@ -118,6 +118,10 @@ STUDIES = {
         "LoRA on the pooler too (query, value, pooler.dense)": [
             "--set", "method.target_modules=[query,value,pooler.dense]"],
     },
+    "loraplus": {  # LoRA+: the B matrices at a multiple of the rate (method.loraplus_ratio; the paper suggests 16)
+        "loraplus_ratio 4": ["--set", "method.loraplus_ratio=4"],
+        "loraplus_ratio 16": ["--set", "method.loraplus_ratio=16"],
+    },
     "subtokens": {  # tag: every sub-token of a word trained on the word's tag, not only the first
         "label_all_subtokens": ["--set", "task.label_all_subtokens=true"],
     },

@@ -273,7 +273,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         result = train_loop(model=model, train_features=train_features, eval_features=eval_features,
                             collate=batches.collate, loss_fn=batches.loss, task=task, labels=labels,
                             main_metric=main_metric, cfg=cfg, accelerator=accelerator, reporter=reporter,
-                            resume=resuming, step_hook=step_hook,
+                            resume=resuming, step_hook=step_hook, lr_scales=method.lr_scales(cfg.method_params),
                             make_checkpointer=lambda prepared: Checkpointer(
                                 run_dir, accelerator, prepared, method, cfg.train.keep_checkpoints, reporter.warn))
 

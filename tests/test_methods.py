@@ -306,3 +306,44 @@ def test_a_learning_rate_left_unset_is_the_methods_measured_one_for_the_task(tin
                          "--max-length", "32")
         assert result.exit_code == 0, result.output
         assert yaml.safe_load((out / "ftkit.yaml").read_text())["train"]["lr"] == lr, (method, task)
+
+
+def test_loraplus_trains_the_b_matrices_at_the_ratio_times_the_rate(tiny_model, sentiment, tmp_path):
+    """method.loraplus_ratio: every lora_B weight (and nothing else) in an optimizer group at ratio x lr, kept
+    through the schedule; unset, one rate for all. A real run with it trains and records the key."""
+    import yaml
+    from transformers import AutoModelForSequenceClassification, get_scheduler
+
+    from ftkit.loop import make_optimizer
+
+    ctx = type("Ctx", (), {"head": ["classifier"], "peft_task_type": "SEQ_CLS", "total_steps": 100})()
+    for method in ("lora", "dora", "adalora"):
+        cfg = config.resolve(None, {}, [f"method.name={method}", "method.loraplus_ratio=16"])
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+        m = METHODS.get(method)
+        model = m.apply(model, cfg.method_params, ctx)
+        optimizer = make_optimizer(model, 1e-3, 0.01, m.lr_scales(cfg.method_params))
+        names = {id(p): n for n, p in model.named_parameters()}
+        rates = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        assert set(rates) == {n for n, p in model.named_parameters() if p.requires_grad}
+        fast = {n for n, lr in rates.items() if lr == pytest.approx(1.6e-2)}
+        assert fast and fast == {n for n in rates if "lora_B." in n}, method
+        assert all(lr == pytest.approx(1e-3) for n, lr in rates.items() if n not in fast)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # the rate the loop logs
+        scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=10)
+        for _ in range(4):
+            optimizer.step()
+            scheduler.step()
+        rates = sorted({round(g["lr"] / optimizer.param_groups[0]["lr"], 6) for g in optimizer.param_groups})
+        assert rates == [1.0, 16.0], method
+    plain = config.resolve(None, {}, [])
+    assert METHODS.get("lora").lr_scales(plain.method_params) == {}
+    model = METHODS.get("lora").apply(AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2),
+                                      plain.method_params, ctx)
+    assert {g["lr"] for g in make_optimizer(model, 1e-3, 0.01, {}).param_groups} == {1e-3}
+    with pytest.raises(UsageError, match="method.loraplus_ratio"):
+        config.resolve(None, {}, ["method.loraplus_ratio=0"])
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "2", "--set", "method.loraplus_ratio=16"))
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "ftkit.yaml").read_text())["method"]["loraplus_ratio"] == 16

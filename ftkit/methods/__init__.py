@@ -57,6 +57,11 @@ class Method:
         """Positions the method puts in front of the input (prompt/prefix tuning). Default: none."""
         return 0
 
+    def lr_scales(self, params) -> dict[str, float]:
+        """Parameter-name fragment -> multiple of the learning rate for the parameters whose names contain it (e.g.
+        LoRA+'s faster B matrices). Default: none, every trainable parameter at the run's rate."""
+        return {}
+
     def step_hook(self, model):
         """A callable(step) the loop calls after each optimizer step, before gradients are zeroed (AdaLoRA's rank
         allocation). Default: None, no hook."""

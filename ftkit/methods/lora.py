@@ -18,6 +18,9 @@ class LoraParams:
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "Module names to adapt (e.g. [query, value]), `all-linear`, or null for "
                                         "peft's default for the architecture."})
+    loraplus_ratio: float | None = field(default=None, metadata={
+        "help": "LoRA+: the B matrices learn at this multiple of the learning rate (the paper suggests 16; "
+                "LLaMA-Factory's loraplus_lr_ratio); unset: the same rate as the rest."})
 
     def check(self) -> None:
         if self.r < 1:
@@ -26,10 +29,17 @@ class LoraParams:
             raise UsageError(f"config key 'method.alpha': got {self.alpha!r}, expected a number > 0")
         if not 0 <= self.dropout < 1:
             raise UsageError(f"config key 'method.dropout': got {self.dropout!r}, expected a number in [0, 1)")
+        if self.loraplus_ratio is not None and not self.loraplus_ratio > 0:
+            raise UsageError(f"config key 'method.loraplus_ratio': got {self.loraplus_ratio!r}, expected a number > 0")
 
     def settled(self) -> LoraParams:
         """alpha set to 2 * r when unset: a rank set alone keeps the scale (alpha / r) of 2, as LLaMA-Factory does."""
         return self if self.alpha is not None else dataclasses.replace(self, alpha=2.0 * self.r)
+
+
+def loraplus(params) -> dict[str, float]:
+    """LoRA+ (Hayou et al., 2024): B, the matrix that starts at zero, at loraplus_ratio times the rate of A."""
+    return {} if params.loraplus_ratio is None else {"lora_B.": params.loraplus_ratio}
 
 
 def targets(params):
@@ -76,6 +86,9 @@ class Lora(Method):
     task_params = {"tag": {"target_modules": ["all-linear"]}}
     description = "low-rank adapters (peft LoRA); head trained in full"
     use_dora = False
+
+    def lr_scales(self, params) -> dict[str, float]:
+        return loraplus(params)
 
     def apply(self, model, params: LoraParams, ctx):
         from peft import LoraConfig
