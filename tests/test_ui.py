@@ -53,7 +53,7 @@ def dashboard(folder):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     if not (CHROMIUM and DRIVER):
         pytest.skip("needs Debian's chromium and chromium-driver (make test installs them with apt where it can)")
     from selenium import webdriver
@@ -63,7 +63,10 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    # chromium's profile and socket folders in pytest's temporary tree (kept for the last 3 sessions), not in /tmp
+    scratch = tmp_path_factory.mktemp("chromium")
+    options.add_argument(f"--user-data-dir={scratch / 'profile'}")
+    driver = webdriver.Chrome(options=options, service=Service(DRIVER, env={**os.environ, "TMPDIR": str(scratch)}))
     driver.set_page_load_timeout(60)
     driver.implicitly_wait(15)  # a form submitted by a click navigates after click() returns: lookups wait for it
     try:
