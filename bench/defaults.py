@@ -118,9 +118,13 @@ STUDIES = {
         "LoRA on the pooler too (query, value, pooler.dense)": [
             "--set", "method.target_modules=[query,value,pooler.dense]"],
     },
-    "loraplus": {  # LoRA+: the B matrices at a multiple of the rate (method.loraplus_ratio; the paper suggests 16)
+    "loraplus": {  # LoRA+: the B matrices at a multiple of the rate (method.loraplus_ratio; the paper suggests 16);
+        # ratio 16 at the default 2e-3 (B at 3.2e-2) stayed at chance on polarity's seed 1 and was cut
         "loraplus_ratio 4": ["--set", "method.loraplus_ratio=4"],
         "loraplus_ratio 16": ["--set", "method.loraplus_ratio=16"],
+    },
+    "loraplus-lr": {  # ratio 16 with A at a quarter of the default rate, B at four times it (2e-3 x 16 diverged)
+        "loraplus_ratio 16, lr 5e-4": ["--lr", "5e-4", "--set", "method.loraplus_ratio=16"],
     },
     "subtokens": {  # tag: every sub-token of a word trained on the word's tag, not only the first
         "label_all_subtokens": ["--set", "task.label_all_subtokens=true"],
