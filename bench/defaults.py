@@ -123,6 +123,9 @@ STUDIES = {
         "loraplus_ratio 4": ["--set", "method.loraplus_ratio=4"],
         "loraplus_ratio 16": ["--set", "method.loraplus_ratio=16"],
     },
+    "loraplus-tag": {  # tag at the default rate: the ratio that did not diverge on polarity
+        "loraplus_ratio 4": ["--set", "method.loraplus_ratio=4"],
+    },
     "loraplus-lr": {  # ratio 16 with A at a quarter of the default rate, B at four times it (2e-3 x 16 diverged)
         "loraplus_ratio 16, lr 5e-4": ["--lr", "5e-4", "--set", "method.loraplus_ratio=16"],
     },
