@@ -129,6 +129,10 @@ STUDIES = {
     "loraplus-lr": {  # ratio 16 with A at a quarter of the default rate, B at four times it (2e-3 x 16 diverged)
         "loraplus_ratio 16, lr 5e-4": ["--lr", "5e-4", "--set", "method.loraplus_ratio=16"],
     },
+    "dora": {  # DoRA at LoRA's measured settings: --extra '--lr 2e-3' (cls), '--lr 2e-3 --set
+        # method.target_modules=all-linear' (tag); LoRA's own figures: the scheduler study's cosine runs
+        "dora at LoRA's settings": ["--method", "dora"],
+    },
     "subtokens": {  # tag: every sub-token of a word trained on the word's tag, not only the first
         "label_all_subtokens": ["--set", "task.label_all_subtokens=true"],
     },
