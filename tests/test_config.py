@@ -14,7 +14,8 @@ from ftkit.tasks import TASKS
 def test_defaults_are_the_builtin_job():
     cfg = config.resolve(None, {}, [])
     assert (cfg.task_name, cfg.method_name, cfg.model.name, cfg.data.train) == ("cls", "lora", "minilm", "polarity")
-    assert cfg.method == {"name": "lora", "r": 8, "alpha": 16.0, "dropout": 0.1, "target_modules": None}
+    assert cfg.method == {"name": "lora", "r": 8, "alpha": 16.0, "dropout": 0.1, "target_modules": None,
+                          "loraplus_ratio": None}
 
 
 def test_precedence_recipe_flags_set(tmp_path):
