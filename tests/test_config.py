@@ -154,7 +154,7 @@ def test_a_run_made_from_a_finished_one_takes_its_own_length(own, flags, sets, l
     ("cls", "lora", [], None),  # peft's per-architecture default (query, value)
     ("tag", "lora", ["method.target_modules=[query]"], ["query"]),  # the user's choice stands
     ("tag", "lora", ["method.target_modules=null"], None),
-    ("tag", "dora", [], None),  # not measured for DoRA
+    ("tag", "dora", [], ["all-linear"]),  # LoRA's, measured for DoRA too
 ])
 def test_lora_targets_default_per_task_where_the_user_left_them_unset(task, method, sets, targets):
     cfg = config.resolve(None, {"task": task, "method": method}, sets)

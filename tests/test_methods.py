@@ -298,7 +298,7 @@ def test_a_learning_rate_left_unset_is_the_methods_measured_one_for_the_task(tin
 
     cases = [("full", "cls", tiny_model, sentiment, 1e-4),  # the full study: 1e-4 beats 3e-5 on cls and tag
              ("full", "gen", tiny_causal, copy_data, 3e-5), ("lora", "cls", tiny_model, sentiment, 2e-3),
-             ("lora", "gen", tiny_causal, copy_data, 5e-4)]
+             ("lora", "gen", tiny_causal, copy_data, 5e-4), ("dora", "cls", tiny_model, sentiment, 2e-3)]
     for i, (method, task, model, data, lr) in enumerate(cases):
         out = tmp_path / str(i)
         result = run_cli("train", "--task", task, "--method", method, "--model", model, "--data", data["train"],

@@ -11,8 +11,8 @@ class Dora(Lora):
     name = "dora"
     description = "weight-decomposed LoRA (peft use_dora)"
     use_dora = True
-    task_lr = {}  # LoRA's measured cls/tag rate is not DoRA's until measured (bench/DEFAULTS.md): 5e-4 throughout
-    task_params = {}  # nor its targets: peft's default
+    # LoRA's measured cls/tag rate and tag targets (inherited): DoRA with them scores as LoRA does (study `dora`,
+    # bench/DEFAULTS.md)
 
     def validate(self, cfg, task) -> None:
         super().validate(cfg, task)
