@@ -41,8 +41,8 @@ def test_switching_method_drops_the_previous_methods_params(tmp_path):
     ({"train": {"lrr": 1}},
      "unknown config key 'train.lrr'; valid keys: adversarial, adversarial_epsilon, adversarial_steps, batch_size"),
     ({"trian": {}}, "unknown config key 'trian'; valid keys: data, distill, method, model, output, task, train"),
-    ({"method": {"name": "lora", "rank": 4}}, "unknown config key 'method.rank'; valid keys: alpha, dropout, r, "
-                                              "target_modules"),
+    ({"method": {"name": "lora", "rank": 4}}, "unknown config key 'method.rank'; valid keys: alpha, dropout, "
+                                              "loraplus_ratio, r, target_modules"),
     ({"data": {"columns": {"txt": "a"}}}, "unknown config key 'data.columns.txt'; valid keys: label, text, "
                                           "text_pair"),
     ({"train": {"batch_size": "big"}}, "config key 'train.batch_size': expected an integer, got 'big'"),
