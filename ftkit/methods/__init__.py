@@ -59,8 +59,10 @@ class Method:
 
     def lr_scales(self, params) -> dict[str, float]:
         """Parameter-name fragment -> multiple of the learning rate for the parameters whose names contain it (e.g.
-        LoRA+'s faster B matrices). Default: none, every trainable parameter at the run's rate."""
-        return {}
+        LoRA+'s faster B matrices). Default: the params dataclass's ``lr_scales()``, where it has one (beside the
+        fields that set it); else none, every trainable parameter at the run's rate."""
+        scales = getattr(params, "lr_scales", None)
+        return scales() if scales else {}
 
     def step_hook(self, model):
         """A callable(step) the loop calls after each optimizer step, before gradients are zeroed (AdaLoRA's rank

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
 from ftkit.methods import METHODS, Method
-from ftkit.methods.lora import LoraParams, loraplus, targets, wrap
+from ftkit.methods.lora import LoraParams, targets, wrap
 
 
 @dataclass
@@ -49,9 +49,6 @@ class AdaLora(Method):
     mergeable = True
     default_lr = 1e-3
     description = "LoRA with adaptive rank allocation (peft AdaLoRA)"
-
-    def lr_scales(self, params) -> dict[str, float]:
-        return loraplus(params)
 
     def apply(self, model, params: AdaLoraParams, ctx):
         from peft import AdaLoraConfig

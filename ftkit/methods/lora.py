@@ -36,10 +36,9 @@ class LoraParams:
         """alpha set to 2 * r when unset: a rank set alone keeps the scale (alpha / r) of 2, as LLaMA-Factory does."""
         return self if self.alpha is not None else dataclasses.replace(self, alpha=2.0 * self.r)
 
-
-def loraplus(params) -> dict[str, float]:
-    """LoRA+ (Hayou et al., 2024): B, the matrix that starts at zero, at loraplus_ratio times the rate of A."""
-    return {} if params.loraplus_ratio is None else {"lora_B.": params.loraplus_ratio}
+    def lr_scales(self) -> dict[str, float]:
+        """LoRA+ (Hayou et al., 2024): B, the matrix that starts at zero, at loraplus_ratio times the rate of A."""
+        return {} if self.loraplus_ratio is None else {"lora_B.": self.loraplus_ratio}
 
 
 def targets(params):
@@ -86,9 +85,6 @@ class Lora(Method):
     task_params = {"tag": {"target_modules": ["all-linear"]}}
     description = "low-rank adapters (peft LoRA); head trained in full"
     use_dora = False
-
-    def lr_scales(self, params) -> dict[str, float]:
-        return loraplus(params)
 
     def apply(self, model, params: LoraParams, ctx):
         from peft import LoraConfig
