@@ -98,3 +98,27 @@ def test_gpu_script_smoke_run_on_cpu(tmp_path):
         assert results[check]["loss_last"] < results[check]["loss_first"]
     assert "| resume after SIGTERM | pass |" in (tmp_path / "out" / "results.md").read_text()
     assert "$ " in (tmp_path / "out" / "logs.txt").read_text()
+
+
+@pytest.mark.real
+def test_defaults_study_scores_every_setting_and_seed_on_an_unseen_corpus(tmp_path, tiny_model):
+    """bench/defaults.py end to end on a corpus no default was chosen on: the corpus file as the docstring says,
+    one trial per setting and seed, the table's figures the runs' own."""
+    study = load_bench("defaults")
+    results, work = tmp_path / "DEFAULTS.md", tmp_path / "work"
+    study.main(["--study", "unseen", "--seeds", "1,2", "--datasets", "uncertainty,oanc", "--results", str(results),
+                "--work", str(work), "--extra", f"--model {tiny_model} --max-steps 2 --batch-size 8"])
+    rows = [json.loads(line) for line in (work / "uncertainty.jsonl").read_text().splitlines()]
+    assert len(rows) == 3000 and {r["label"] for r in rows} == {"certain", "uncertain"}
+    assert sum(r["label"] == "certain" for r in rows) == 1500
+    tagged = [json.loads(line) for line in (work / "oanc.jsonl").read_text().splitlines()]
+    assert len(tagged) == study.OANC_SENTENCES and all(len(r["tokens"]) == len(r["tags"]) > 0 for r in tagged)
+    text = results.read_text()
+    for name, task in (("uncertainty", "cls"), ("oanc", "tag")):
+        for i, label in enumerate(study.STUDIES["unseen"]):
+            figures = [json.loads((work / f"{name}-{i}-{s}" / "metrics.json").read_text())["eval"]["accuracy"]
+                       for s in (1, 2)]
+            assert f"| {label} | {figures[0]:.4f} / {figures[1]:.4f} |" in text
+        assert f"**{name}** ({task}; held-out accuracy)" in text
+    assert "TF-IDF + logistic regression on the same splits" in text  # cls only: once
+    assert text.count("TF-IDF") == 1
