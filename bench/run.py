@@ -207,8 +207,9 @@ def render(results: list[dict], command: str, help_s: float | None, device: str)
              ""]
     if help_s is not None:
         lines += [f"`ftkit --help`: {help_s:.3f} s (median of 5)", ""]
-    lines += ["| workload | rows x epochs | ftkit samples/s | reference samples/s | throughput ratio | start-up ratio | "
-              "peak memory ratio | ftkit metric | reference metric |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| workload | rows x epochs | ftkit samples/s | reference samples/s | throughput ratio "
+              "| start-up ratio | peak memory ratio | ftkit metric | reference metric |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         w, rs = res["workload"], ratios(res)
         f, r = res["runs"]["ftkit"], res["runs"]["reference"]

@@ -26,9 +26,12 @@ itself (padded vs packed logits on two short rows) passes. Otherwise the padded 
 from __future__ import annotations
 
 import inspect
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ftkit.tasks._common import IGNORE, pad_collate
+
+if TYPE_CHECKING:
+    import torch
 
 ATTENTION = "ftkit_padding_free"
 

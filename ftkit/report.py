@@ -12,7 +12,8 @@ from ftkit.files import write_text
 class Reporter:
     """Writes metrics.jsonl and shows progress: a rich bar on a terminal, plain log lines otherwise (CI logs).
     Only the main process reports (``enabled``); ``quiet`` keeps it to warnings (metrics.jsonl is still written).
-    With ``cfg``, the trackers of its ``train.report_to`` get the same records (``train/loss``, ``eval/accuracy``...)."""
+    With ``cfg``, the trackers of its ``train.report_to`` get the same records (``train/loss``,
+    ``eval/accuracy``...)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, quiet: bool = False, cfg=None):
         self.run_dir, self.path = run_dir, run_dir / "metrics.jsonl"

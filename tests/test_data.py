@@ -32,7 +32,8 @@ def test_json_object_of_columns(tmp_path):
     ("d.csv", 'text,label\n"a",1\n"b",2,3\n', r"d.csv: line 3: expected 2 fields \(text, label\), found 3"),
     ("d.csv", "", r"d.csv: no data rows"),
     ("d.csv", "text,label\n", r"d.csv: no data rows"),
-    ("d.xml", "<a/>", r"d.xml: unknown data format ..xml.; expected one of .csv, .tsv, .jsonl, .json, .parquet, .conll"),
+    ("d.xml", "<a/>",
+     r"d.xml: unknown data format ..xml.; expected one of .csv, .tsv, .jsonl, .json, .parquet, .conll"),
     ("d.parquet", "not parquet", r"d.parquet: cannot read as parquet"),
 ])
 def test_malformed_files_name_file_and_line(tmp_path, name, content, message):

@@ -106,7 +106,8 @@ def test_causal_round_trip(causal_run, tiny_causal, copy_data, tmp_path):
     assert 0 <= tuned["exact_match"] <= 1 and 0 <= tuned["rougeL"] <= 1
 
     preds = tmp_path / "p.jsonl"
-    assert run_cli("predict", out, "--file", copy_data["eval"], "--output", preds, "--max-new-tokens", "3").exit_code == 0
+    result = run_cli("predict", out, "--file", copy_data["eval"], "--output", preds, "--max-new-tokens", "3")
+    assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(rows) == 24 and all(set(r) == {"prompt", "response"} for r in rows)
     result = run_cli("predict", out, "--text", "what word : the film was superb", "--max-new-tokens", "3")

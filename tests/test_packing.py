@@ -34,7 +34,8 @@ def test_the_shared_prefix_stops_before_anything_scored_or_a_row_end():
     text = PREFIX + [9, 10]  # plain text: every token is scored, so position 0's logits already count, per row
     assert packing.shared_prefix([text, text], [text, text]) == 0
     same = rows[1]  # identical rows still keep a token of their own, and their scored positions
-    assert packing.shared_prefix([same["input_ids"]] * 3, [same["labels"]] * 3) == 4  # not the last prompt token: its logits are scored, per row
+    # not the last prompt token: its logits are scored, per row
+    assert packing.shared_prefix([same["input_ids"]] * 3, [same["labels"]] * 3) == 4
 
 
 def test_a_packed_batch_has_no_padding_and_scores_only_the_labelled_positions():

@@ -35,6 +35,7 @@ class Prompt(VirtualTokenMethod):
         text = params.init_text
         config = PromptTuningConfig(num_virtual_tokens=params.num_virtual_tokens,
                                     prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
-                                    prompt_tuning_init_text=text, tokenizer_name_or_path=ctx.base_path if text else None,
+                                    prompt_tuning_init_text=text,
+                                    tokenizer_name_or_path=ctx.base_path if text else None,
                                     modules_to_save=ctx.head or None, task_type=ctx.peft_task_type)
         return wrap(model, config, params, self.name)
