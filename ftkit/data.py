@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -79,6 +80,13 @@ def _text(path: Path) -> str:
             from None
 
 
+def text_lines(path: Path) -> list[str]:
+    """A UTF-8 file's lines, ended by \\n, \\r\\n or \\r only: ``str.splitlines`` also ends a line at form feeds,
+    U+0085 and U+2028/U+2029, which text taken from the web carries inside its lines (and JSON strings may hold
+    unescaped)."""
+    return io.StringIO(_text(path), newline=None).read().split("\n")
+
+
 def _from_rows(path: Path, rows: list[dict], where: list[str]) -> Table:
     names: dict[str, None] = {}
     for r in rows:
@@ -87,7 +95,7 @@ def _from_rows(path: Path, rows: list[dict], where: list[str]) -> Table:
 
 
 def _read_delimited(path: Path, delimiter: str) -> Table:
-    reader = csv.reader(_text(path).splitlines(keepends=True), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(_text(path), newline=""), delimiter=delimiter)  # as csv wants its files opened
     try:
         header = next(reader, None)
         if header is None:
@@ -111,7 +119,7 @@ def _read_delimited(path: Path, delimiter: str) -> Table:
 
 def _read_jsonl(path: Path) -> Table:
     rows, where = [], []
-    for n, line in enumerate(_text(path).splitlines(), 1):
+    for n, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
         try:
@@ -151,12 +159,13 @@ def _read_parquet(path: Path) -> Table:
 
 
 def _read_conll(path: Path) -> Table:
-    """CoNLL-style tagging data: one token per line, its tag in the last column (whitespace-separated), a blank
-    line between sentences; ``-DOCSTART-`` lines are skipped. Gives columns ``tokens`` and ``tags``."""
+    """CoNLL-style tagging data: one token per line, its tag in the last column (columns separated by spaces or
+    tabs), a blank line between sentences; ``-DOCSTART-`` lines are skipped. Gives columns ``tokens`` and ``tags``."""
     tokens, tags, where = [], [], []
     cur_tok, cur_tag, start = [], [], 0
-    for n, line in enumerate(_text(path).splitlines() + [""], 1):
-        parts = line.split()
+    for n, line in enumerate(text_lines(path) + [""], 1):
+        # columns split at spaces and tabs only: a token may hold U+00A0 (str.split would cut it there)
+        parts = [p for p in line.replace("\t", " ").split(" ") if p] if line.strip() else []
         if not parts or parts[0] == "-DOCSTART-":
             if cur_tok:
                 tokens.append(cur_tok)
@@ -165,7 +174,7 @@ def _read_conll(path: Path) -> Table:
             cur_tok, cur_tag = [], []
             continue
         if len(parts) < 2:
-            raise UsageError(f"{path}: line {n}: expected a token and its tag separated by whitespace, "
+            raise UsageError(f"{path}: line {n}: expected a token and its tag separated by a space or tab, "
                              f"found {line.strip()!r}")
         if not cur_tok:
             start = n
@@ -177,7 +186,7 @@ def _read_conll(path: Path) -> Table:
 def _read_txt(path: Path) -> Table:
     """Raw text (for mlm, or gen's plain-text mode): one document per line; or, when the file has blank lines,
     blank-line-separated paragraphs (a paragraph's lines joined by spaces). Gives the column ``text``."""
-    lines = [line.strip() for line in _text(path).splitlines()]
+    lines = [line.strip() for line in text_lines(path)]
     filled = [n for n, line in enumerate(lines) if line]
     paragraphs = bool(filled) and "" in lines[filled[0]:filled[-1]]  # a blank line between two text lines
     docs, where, cur, start = [], [], [], 0

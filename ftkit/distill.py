@@ -106,11 +106,11 @@ def _texts(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"--unlabelled {path}: no such file")
-    if file.suffix == ".txt":
-        texts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        from ftkit.data import read_table
+    from ftkit.data import read_table, text_lines
 
+    if file.suffix == ".txt":
+        texts = [line.strip() for line in text_lines(file) if line.strip()]
+    else:
         texts = [str(t) for t in read_table(path).text_column("text", "text")]
     if not texts:
         raise UsageError(f"--unlabelled {path}: no text in it")

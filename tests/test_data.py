@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import write_rows
@@ -18,6 +20,24 @@ ROWS = [{"text": "a good film", "label": "positive"}, {"text": 'said "awful", tw
 def test_every_format_reads_the_same_columns(tmp_path, suffix):
     table = read_table(str(write_rows(tmp_path / f"d{suffix}", ROWS)))
     assert table.columns == {"text": [r["text"] for r in ROWS], "label": [r["label"] for r in ROWS]}
+
+
+# str.splitlines ends a line at each of these; in a data file they are text (web text carries them)
+ODD_TEXT = ["page\x0cbreak", "next\x85line", "line\u2028separator", "para\u2029separator", "file\x1cseparator"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json"])
+def test_lines_end_only_at_newlines(tmp_path, suffix):
+    rows = [{"text": text, "label": n} for n, text in enumerate(ODD_TEXT)]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":  # U+0085, U+2028 and U+2029 written as they are (JSON strings may hold them unescaped)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    else:
+        write_rows(path, rows)  # csv: \r\n between rows, as the csv module writes them
+    table = read_table(str(path))
+    first, name = {".csv": (2, "line"), ".tsv": (2, "line"), ".jsonl": (1, "line"), ".json": (1, "item")}[suffix]
+    assert table.columns["text"] == ODD_TEXT
+    assert table.where == [f"{name} {first + n}" for n in range(len(ODD_TEXT))]  # each row where it is in the file
 
 
 def test_json_object_of_columns(tmp_path):
@@ -102,6 +122,9 @@ def test_txt_files_hold_one_document_per_line_or_per_paragraph(tmp_path):
     table = read_table(str(paras))
     assert table.columns == {"text": ["intro line one line two", "next paragraph"]}
     assert table.where == ["line 2", "line 6"]
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("one\u2028still one\x0cand one\r\ntwo\rthree\n", encoding="utf-8", newline="")
+    assert read_table(str(mixed)).columns == {"text": ["one\u2028still one\x0cand one", "two", "three"]}
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(UsageError, match="empty.txt: no data rows"):

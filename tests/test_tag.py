@@ -23,6 +23,11 @@ def test_conll_reader(tmp_path):
     assert table.columns == {"tokens": [["EU", "rejects"], ["Peter", "Blackburn"]],
                              "tags": [["B-ORG", "O"], ["B-PER", "I-PER"]]}
     assert table.locate(1).endswith("line 7")
+    odd = tmp_path / "odd.conll"  # a token holding U+00A0 or U+0085, CRLF endings, a line of a form feed alone
+    odd.write_text("10\xa0000 CD O\r\nEU\x85 NNP B-ORG\r\n\x0c\r\nPeter\tNNP\tB-PER\r\n", encoding="utf-8",
+                   newline="")
+    assert read_table(str(odd)).columns == {"tokens": [["10\xa0000", "EU\x85"], ["Peter"]],
+                                            "tags": [["O", "B-ORG"], ["B-PER"]]}
     (tmp_path / "bad.conll").write_text("EU B-ORG\nrejects\n")
     with pytest.raises(UsageError, match=r"bad.conll: line 2: expected a token and its tag"):
         read_table(str(tmp_path / "bad.conll"))
