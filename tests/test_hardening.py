@@ -286,10 +286,10 @@ def _loads_or_usage_error(path: Path):
 @given(rows=ROWS, suffix=st.sampled_from([".jsonl", ".json"]))
 def test_json_readers_load_or_fail_cleanly(rows, suffix, tmp_path):
     path = tmp_path / f"d{suffix}"
-    if suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if suffix == ".jsonl":  # characters written as they are, U+2028 and the like included
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     else:
-        path.write_text(json.dumps(rows), encoding="utf-8")
+        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     table = _loads_or_usage_error(path)
     if table is not None and rows and all(set(r) == set(rows[0]) and r for r in rows):
         got, want = ({k: table.columns[k] for k in rows[0]}, {k: [r[k] for r in rows] for k in rows[0]})
@@ -299,12 +299,10 @@ def test_json_readers_load_or_fail_cleanly(rows, suffix, tmp_path):
 @FAST
 @given(texts=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=6),
        labels=st.lists(st.text(max_size=10), min_size=6, max_size=6), suffix=st.sampled_from([".csv", ".tsv"]))
-def test_csv_readers_round_trip_or_fail_cleanly(texts, labels, suffix, tmp_path):
+def test_csv_readers_round_trip(texts, labels, suffix, tmp_path):
     rows = [{"text": t, "label": labels[i]} for i, t in enumerate(texts)]
-    path = write_rows(tmp_path / f"d{suffix}", rows)
-    table = _loads_or_usage_error(path)
-    if table is not None:
-        assert len(table.columns["text"]) == len(rows)
+    path = write_rows(tmp_path / f"d{suffix}", rows)  # what the csv module writes reads back as it was
+    assert read_table(str(path)).columns == {"text": texts, "label": labels[:len(texts)]}
 
 
 @FAST
