@@ -117,6 +117,8 @@ def test_bad_input_is_refused_before_weights_load(teacher, tiny_model, tiny_caus
 
     monkeypatch.setattr(ftkit.base_model, "load_for_training", never)
     monkeypatch.setattr(ftkit.runs, "load_trained", never)  # the teacher, to build a student or label text
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"a fine film\ncaf\xe9 au lait\n")
     cases = [(["distill", gen, "--output", tmp_path / "a"], "a gen run; distillation covers cls and tag"),
              (["distill", tiny_model, "--output", tmp_path / "b"], "not a finished ftkit run dir"),
              (["distill", teacher, "--output", tmp_path / "c", "--student", "layers=5"], "keep 1 to 1"),
@@ -127,6 +129,7 @@ def test_bad_input_is_refused_before_weights_load(teacher, tiny_model, tiny_caus
              (["distill", teacher, "--output", tmp_path / "f", "--unlabelled", __file__, "--set",
                "train.epochs=x"], "train.epochs"),
              (["distill", teacher, "--output", tmp_path / "g", "--unlabelled", tmp_path / "none.txt"], "no such file"),
+             (["distill", teacher, "--output", tmp_path / "g", "--unlabelled", latin], "latin.txt: line 2: not UTF-8"),
              (["train", "--task", "gen", "--model", tiny_causal, "--data", copy_data["train"], "--output",
                tmp_path / "h", "--set", f"distill.teacher={teacher}"], "distillation need one class per row or token")]
     for args, message in cases:
