@@ -3,11 +3,14 @@
     .venv/bin/python bench/compress.py                                   # polarity + pos-wsj, 3 seeds
     .venv/bin/python bench/compress.py --data polarity --seeds 1 --epochs 1 --results /tmp/c.md
     .venv/bin/python bench/compress.py --lr 1e-4 --results bench/COMPRESS-converged.md   # default length
+    .venv/bin/python bench/compress.py --lr 1e-4 --models gradual --results FILE
 
 For each dataset (on minilm) and seed: a teacher (full fine-tuning), the teacher pruned at two levels (30% of the
 feed-forward neurons; 50% of them and 2 of the 6 layers; each with one epoch of recovery), a 3-layer student
 distilled from the teacher (``--student layers=3``), the same 3-layer student trained without distillation (the
-ablation that shows what distillation adds), and each one's ONNX int8 export. Reported: parameters, weight file
+ablation that shows what distillation adds), the same 3-layer architecture reached by removing the least important
+layer three times, each stage distilled from the one before (``prune --layers 3 --gradual --distil``), and each
+one's ONNX int8 export (``--models``: only some of them, beside the teacher). Reported: parameters, weight file
 size, CPU examples/s at batch 1 and 32 (held-out rows, the model alone: tokenized batches in, logits out) with its
 ratio to the teacher's, and the held-out main metric, mean ± sd over seeds. Speed is measured round-robin over a
 seed's models — every model one timed pass a round, after a warm-up, the median of 5 rounds — so that a slow moment
@@ -39,7 +42,8 @@ HERE = Path(__file__).resolve().parent
 FTKIT = [sys.executable, "-m", "ftkit"]
 TASKS = {"polarity": "cls", "pos-wsj": "tag"}
 FOLDERS = {"teacher": "teacher", "pruned ffn 30%": "prune-a", "pruned ffn 50% + 2 layers": "prune-b",
-           "distilled 3 layers": "distilled", "3 layers, no distillation": "plain"}  # model -> its run's folder
+           "distilled 3 layers": "distilled", "3 layers, no distillation": "plain",
+           "3 layers, pruned one at a time": "gradual"}  # model -> its run's folder
 MODES = ("b1", "b32", "int8_b1", "int8_b32")  # PyTorch and ONNX int8, at batch 1 and 32
 
 
@@ -48,23 +52,33 @@ def ftkit(*args) -> None:
                    else [*FTKIT, *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
-def variants(data: str, seed: int, epochs: float | None, root: Path, lr: float | None = None) -> dict[str, Path]:
+def variants(data: str, seed: int, epochs: float | None, root: Path, lr: float | None = None,
+             models: list[str] | None = None) -> dict[str, Path]:
+    """The teacher and each of ``models`` (default: all) trained for ``data`` and ``seed`` -> {model: run dir}."""
     task, runs = TASKS[data], {name: root / folder for name, folder in FOLDERS.items()}
+    wanted = ["teacher", *(models or list(FOLDERS))]
     rate = ("--lr", lr) if lr else ()
     common = ("--seed", seed, *(("--epochs", epochs) if epochs else ()), "--batch-size", 32, *rate)
+    recovery = ("--seed", seed, "--batch-size", 32, *rate)  # pruning's own length: one epoch, >= 300 steps a stage
     ftkit("train", "--task", task, "--method", "full", "--model", "minilm", "--data", data, *common,
           "--output", runs["teacher"])
-    ftkit("prune", runs["teacher"], "--ffn", 0.3, "--seed", seed, "--batch-size", 32, *rate,
-          "--output", runs["pruned ffn 30%"])
-    ftkit("prune", runs["teacher"], "--ffn", 0.5, "--layers", 2, "--seed", seed, "--batch-size", 32, *rate,
-          "--output", runs["pruned ffn 50% + 2 layers"])
-    ftkit("distill", runs["teacher"], "--student", "layers=3", *common, "--output", runs["distilled 3 layers"])
-    import yaml
+    if "pruned ffn 30%" in wanted:
+        ftkit("prune", runs["teacher"], "--ffn", 0.3, *recovery, "--output", runs["pruned ffn 30%"])
+    if "pruned ffn 50% + 2 layers" in wanted:
+        ftkit("prune", runs["teacher"], "--ffn", 0.5, "--layers", 2, *recovery,
+              "--output", runs["pruned ffn 50% + 2 layers"])
+    if {"distilled 3 layers", "3 layers, no distillation"} & set(wanted):  # the second trains the first's student
+        ftkit("distill", runs["teacher"], "--student", "layers=3", *common, "--output", runs["distilled 3 layers"])
+    if "3 layers, no distillation" in wanted:
+        import yaml
 
-    student = yaml.safe_load((runs["distilled 3 layers"] / "ftkit.yaml").read_text())["model"]["name"]
-    ftkit("train", "--task", task, "--method", "full", "--model", student, "--data", data, *common,
-          "--output", runs["3 layers, no distillation"])
-    return runs
+        student = yaml.safe_load((runs["distilled 3 layers"] / "ftkit.yaml").read_text())["model"]["name"]
+        ftkit("train", "--task", task, "--method", "full", "--model", student, "--data", data, *common,
+              "--output", runs["3 layers, no distillation"])
+    if "3 layers, pruned one at a time" in wanted:
+        ftkit("prune", runs["teacher"], "--layers", 3, "--gradual", "--distil", *recovery,
+              "--output", runs["3 layers, pruned one at a time"])
+    return {name: run for name, run in runs.items() if name in wanted}
 
 
 def onnx_of(run: Path) -> Path:
@@ -150,10 +164,17 @@ def main() -> None:
                                              "full fine-tuning's for the task)")
     ap.add_argument("--results", type=Path, default=HERE / "COMPRESS.md")
     ap.add_argument("--speed-of", type=Path, metavar="KEPT", help="only measure the speed of a kept seed's models")
+    ap.add_argument("--models", type=lambda v: v.split(","), metavar="FOLDER,...",
+                    help="only these models beside the teacher, by their folders (default: all): "
+                         + ", ".join(f"{f} ({n})" for n, f in list(FOLDERS.items())[1:]))
     args = ap.parse_args()
+    if unknown := set(args.models or []) - set(list(FOLDERS.values())[1:]):
+        ap.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(list(FOLDERS.values())[1:])}")
+    args.models = args.models and [n for n, f in FOLDERS.items() if f in args.models]
     if args.speed_of:
         rows = {(data, name): [speed] for data in args.data or list(TASKS) if (args.speed_of / data).is_dir()
-                for name, speed in speeds({n: args.speed_of / data / f for n, f in FOLDERS.items()}).items()}
+                for name, speed in speeds({n: args.speed_of / data / f for n, f in FOLDERS.items()
+                                           if (args.speed_of / data / f).is_dir()}).items()}
         text = args.results.read_text() if args.results.is_file() else ""
         args.results.write_text(text + "\n" + "\n".join(speed_table(rows)) + "\n")
         saved = json.loads(args.results.with_suffix(".json").read_text())
@@ -164,7 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for seed in range(1, args.seeds + 1):  # seed by seed: a study cut short still has every dataset
             for data in args.data or list(TASKS):
-                runs = variants(data, seed, args.epochs, Path(d) / data / f"seed{seed}", args.lr)
+                runs = variants(data, seed, args.epochs, Path(d) / data / f"seed{seed}", args.lr, args.models)
                 for run in runs.values():
                     ftkit("export", run, "--format", "onnx", "--int8", "--output", onnx_of(run))
                 for name, speed in speeds(runs).items():

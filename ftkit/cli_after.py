@@ -105,6 +105,9 @@ def prune(
     heads: Annotated[Optional[float], typer.Option(help="Attention heads: refused, with the reason.")] = None,
     samples: Annotated[int, typer.Option(help="Training rows the importance is measured on.")] = 256,
     distil: Annotated[bool, typer.Option("--distil", help="Recover by distillation from the unpruned run.")] = False,
+    gradual: Annotated[bool, typer.Option("--gradual", help="Remove the --layers one at a time, each stage "
+                                                            "recovered (with --distil: distilled from the stage "
+                                                            "before); --ffn goes with the last.")] = False,
     epochs: Annotated[Optional[float], typer.Option(help="Recovery passes over the training data (default 1, at "
                                                             "least 300 optimizer steps).")]
     = None,
@@ -124,5 +127,5 @@ def prune(
 
     flags = {"train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "seed": seed}}
     summary = run_prune(run, output, ffn=ffn, layers=layers, heads=heads, samples=samples, distil=distil,
-                        flags=drop_none(flags), sets=set_ or [], overwrite=overwrite, quiet=quiet)
+                        gradual=gradual, flags=drop_none(flags), sets=set_ or [], overwrite=overwrite, quiet=quiet)
     summarise(summary, output)

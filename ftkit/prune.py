@@ -1,11 +1,16 @@
 """`ftkit prune`: a finished cls or tag run made smaller — its least important layers and feed-forward neurons
 removed (``pruning``), then a short recovery fine-tuning through the ordinary training run. The output is a
 complete run dir of full fine-tuning: a plain transformers checkpoint with fewer parameters, plus ``prune.json``
-(what was removed, parameters before and after)."""
+(what was removed, parameters before and after).
+
+``--gradual`` removes the layers one at a time: each stage takes one layer from the stage before and recovers
+(by distillation from that stage with ``--distil``); the stages before the last are run dirs built once into the
+cache, keyed by the weights and settings they come from, so a rerun continues where one stopped."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ftkit import config as config_mod
@@ -18,8 +23,9 @@ HEADS_REFUSED = ("--heads: attention heads are not pruned: transformers 5 remove
 
 
 def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, heads: float | None = None,
-          samples: int = 256, distil: bool = False, flags: dict | None = None, sets: list[str] | None = None,
-          **train_kw) -> dict:
+          samples: int = 256, distil: bool = False, gradual: bool = False, flags: dict | None = None,
+          sets: list[str] | None = None, **train_kw) -> dict:
+    from ftkit.distributed import world_size
     from ftkit.runs import locate
     from ftkit.train import train
 
@@ -35,6 +41,11 @@ def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, he
         raise UsageError(f"--layers {layers} / --samples {samples}: expected --layers >= 0 and --samples >= 1")
     if ffn == 0 and layers == 0:
         raise UsageError("nothing to prune: give --ffn SHARE and/or --layers N")
+    if gradual and layers == 0:
+        raise UsageError("--gradual removes layers one at a time: give --layers N (N >= 1) with it")
+    if gradual and world_size() > 1:
+        raise UsageError(f"--gradual: started as {world_size()} processes; its stages are built one process at a "
+                         "time — run it without a launcher")
     depth = json.loads((Path(run) / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
     if depth and layers >= depth:
         raise UsageError(f"--layers {layers}: the model has {depth} layers; remove 0 to {depth - 1}")
@@ -42,18 +53,66 @@ def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, he
     if not target.task.classifies:
         raise UsageError(f"{run}: a {target.task.name} run; pruning covers cls and tag runs (tasks whose model "
                          "scores classes)")
-    recovery = {"method": "full", "output": output,
-                "train": {"epochs": 1.0, "min_steps": config_mod.DEFAULT_MIN_STEPS}}
-    if distil:
-        recovery["distill"] = {"teacher": str(target.path.resolve())}
-    config_mod.derived(target.cfg, f"run {run}", recovery, flags or {}, sets or [])  # bad settings: before pruning
-    path, report = pruned(target, ffn, layers, samples)
-    cfg = config_mod.derived(target.cfg, f"run {run}", {**recovery, "model": {"name": str(path)}}, flags or {},
-                             sets or [])
+    flags, sets, where = flags or {}, sets or [], f"run {run}"
+    config_mod.derived(target.cfg, where, recovery(target, output, distil), flags, sets)  # bad settings: before pruning
+    stages = []
+    for stage in range(1, layers if gradual else 1):  # all but the last stage
+        if not train_kw.get("quiet"):
+            print(f"prune --gradual: stage {stage} of {layers}, one layer removed and recovered", file=sys.stderr)
+        target, report = recovered_stage(target, where, samples, distil, flags, sets, train_kw.get("quiet", False))
+        stages.append(report)
+    path, report = pruned(target, ffn, 1 if gradual else layers, samples)
+    cfg = config_mod.derived(target.cfg, where, {**recovery(target, output, distil), "model": {"name": str(path)}},
+                             flags, sets)
     summary = train(cfg, **train_kw)
     if (Path(cfg.output) / "metrics.json").is_file():
+        if gradual:
+            report = composed([*stages, {**report, "held_out": summary["eval"]}])
         write_text(Path(cfg.output) / "prune.json", json.dumps(report, indent=2) + "\n")
     return summary
+
+
+def recovery(target, output: str, distil: bool) -> dict:
+    """The recovery run's own settings: full fine-tuning for the default length, from ``target`` when distilling."""
+    own = {"method": "full", "output": output, "train": {"epochs": 1.0, "min_steps": config_mod.DEFAULT_MIN_STEPS}}
+    if distil:
+        own["distill"] = {"teacher": str(target.path.resolve())}
+    return own
+
+
+def recovered_stage(target, where: str, samples: int, distil: bool, flags: dict, sets: list[str], quiet: bool):
+    """One layer of ``target`` removed and recovered, as a run dir in the cache (keyed by the run's weights and
+    settings and by the recovery's) -> (its Target, its prune report with its held-out metrics)."""
+    from ftkit.runs import derived_checkpoint, locate, weight_files
+    from ftkit.train import train
+
+    path, report = pruned(target, 0.0, 1, samples)
+
+    def build(folder: Path) -> None:
+        cfg = config_mod.derived(target.cfg, where, {**recovery(target, str(folder), distil),
+                                                     "model": {"name": str(path)}}, flags, sets)
+        train(cfg, quiet=quiet)
+        write_text(folder / "prune.json", json.dumps(report, indent=2) + "\n")
+
+    sources = [*weight_files(target), target.path / "ftkit.yaml"]
+    out = derived_checkpoint("prune-stages", sources, json.dumps([samples, distil, flags, sets]), build)
+    held_out = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["eval"]
+    return locate(str(out)), {**report, "recovered": str(out), "held_out": held_out}
+
+
+def composed(stages: list[dict]) -> dict:
+    """The report of a gradual pruning: what was removed from the first stage's run, in its layer numbers, with
+    every stage's own report."""
+    first, last = stages[0], stages[-1]
+    kept = list(range(first["layers"]["before"]))
+    for stage in stages:
+        kept = [kept[i] for i in stage["layers"]["kept"]]
+    return {"run": first["run"], "ffn_removed": last["ffn_removed"], "layers_removed": len(stages),
+            "samples": first["samples"], "gradual": True, "layers": {"before": first["layers"]["before"], "kept": kept},
+            "intermediate_size": {"before": first["intermediate_size"]["before"],
+                                  "after": last["intermediate_size"]["after"]},
+            "parameters": {"before": first["parameters"]["before"], "after": last["parameters"]["after"]},
+            "stages": stages}
 
 
 def pruned(target, ffn: float, layers: int, samples: int) -> tuple[Path, dict]:

@@ -58,14 +58,14 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def build_tiny_bert(out: Path) -> Path:
-    """A 2-layer, 32-wide BERT with a vocabulary of the fixture words. Large init range and no dropout so that
-    even frozen-backbone methods learn something in a few steps. (bench/gpu.py builds its models with it too.)"""
+def build_tiny_bert(out: Path, layers: int = 2) -> Path:
+    """A 32-wide BERT of ``layers`` layers with a vocabulary of the fixture words. Large init range and no dropout so
+    that even frozen-backbone methods learn something in a few steps. (bench/gpu.py builds its models with it too.)"""
     from transformers import BertConfig, BertModel
 
     fast = _wordpiece_tokenizer(POSITIVE + NEGATIVE + FILLER + ["john", "mary", "paris", "london"], causal=False)
     fast.save_pretrained(out)
-    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     import torch

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, train_args
+from conftest import build_tiny_bert, run_cli, train_args
 
 
 def tiny_classifier(layers: int = 3):
@@ -102,6 +103,55 @@ def test_train_distill_prune_export_evaluate(run, sentiment, tmp_path, cli):
     assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == held_out["accuracy"]
 
 
+@pytest.fixture(scope="module")
+def deep_run(sentiment, tmp_path_factory):
+    """A fully fine-tuned 4-layer tiny classifier."""
+    model = build_tiny_bert(tmp_path_factory.mktemp("deep-bert"), layers=4)
+    out = tmp_path_factory.mktemp("deep") / "run"
+    assert run_cli(*train_args(model, sentiment, out, "--method", "full", "--max-steps", "20")).exit_code == 0
+    return out
+
+
+def test_gradual_pruning_is_the_chain_of_one_layer_prunings(deep_run, tmp_path, cli):
+    """--layers 2 --gradual gives what two `prune --layers 1`, the second from the first, give by hand: the same
+    weights, layers and held-out metrics; the first stage is a cached run dir, reused by a rerun."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from ftkit import catalog
+
+    common = ["--max-steps", "8", "--batch-size", "16", "--distil", "--seed", "3"]
+    hand, by_hand = tmp_path / "one", tmp_path / "two"
+    assert cli("prune", deep_run, "--output", hand, "--layers", "1", *common).exit_code == 0
+    assert cli("prune", hand, "--output", by_hand, "--layers", "1", "--ffn", "0.5", *common).exit_code == 0
+    gradual = tmp_path / "gradual"
+    result = cli("prune", deep_run, "--output", gradual, "--layers", "2", "--ffn", "0.5", "--gradual", *common)
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((gradual / "prune.json").read_text())
+    first, second = (json.loads((d / "prune.json").read_text()) for d in (hand, by_hand))
+    assert report["layers"] == {"before": 4, "kept": [first["layers"]["kept"][i] for i in second["layers"]["kept"]]}
+    assert report["parameters"] == {"before": first["parameters"]["before"], "after": second["parameters"]["after"]}
+    assert report["intermediate_size"] == {"before": 64, "after": 32} and report["layers_removed"] == 2
+    stage = report["stages"][0]
+    assert stage["held_out"] == json.loads((hand / "metrics.json").read_text())["eval"]
+    assert f"teacher: {deep_run.resolve()}" in (Path(stage["recovered"]) / "ftkit.yaml").read_text()
+    assert f"teacher: {stage['recovered']}" in (gradual / "ftkit.yaml").read_text()  # each from the stage before
+    expected, got = load_file(by_hand / "model.safetensors"), load_file(gradual / "model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert json.loads((gradual / "metrics.json").read_text())["eval"] == \
+        json.loads((by_hand / "metrics.json").read_text())["eval"]
+    stock = AutoModelForSequenceClassification.from_pretrained(gradual)
+    assert stock.config.num_hidden_layers == 2 and stock.config.intermediate_size == 32
+
+    stages = catalog.cache_dir() / "prune-stages"
+    built = sorted(stages.iterdir())
+    result = cli("prune", deep_run, "--output", gradual, "--layers", "2", "--ffn", "0.5", "--gradual", "--overwrite",
+                 *common)
+    assert result.exit_code == 0 and sorted(stages.iterdir()) == built  # the first stage is not trained again
+    assert "stage 1 of 2" in result.output
+
+
 def test_bad_input_is_refused(run, tiny_model, tmp_path, cli, monkeypatch):
     import ftkit.runs
 
@@ -113,10 +163,15 @@ def test_bad_input_is_refused(run, tiny_model, tmp_path, cli, monkeypatch):
              (["--ffn", "0.3", "--epochs", "0"], "train.epochs"),
              (["--heads", "0.5", "--ffn", "0.2"], "attention heads are not pruned"),
              (["--layers", "2"], "remove 0 to 1"), (["--ffn", "1.0"], "in [0, 1)"),
-             ([], "nothing to prune"), (["--ffn", "0.3", "--samples", "0"], "--samples")]
+             ([], "nothing to prune"), (["--ffn", "0.3", "--samples", "0"], "--samples"),
+             (["--ffn", "0.3", "--gradual"], "give --layers N")]
     for extra, message in cases:
         result = cli("prune", run, "--output", tmp_path / "out", *extra)
         assert result.exit_code == 2 and message in result.output, (extra, result.output)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("prune", run, "--output", tmp_path / "out", "--layers", "1", "--gradual")
+    assert result.exit_code == 2 and "without a launcher" in result.output, result.output
+    monkeypatch.delenv("WORLD_SIZE")
     result = cli("prune", tiny_model, "--output", tmp_path / "out", "--ffn", "0.3")
     assert result.exit_code == 2 and "not a finished ftkit run dir" in result.output
     assert not (tmp_path / "out").exists()
