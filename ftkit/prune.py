@@ -55,12 +55,14 @@ def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, he
                          "scores classes)")
     flags, sets, where = flags or {}, sets or [], f"run {run}"
     config_mod.derived(target.cfg, where, recovery(target, output, distil), flags, sets)  # bad settings: before pruning
-    stages = []
-    for stage in range(1, layers if gradual else 1):  # all but the last stage
-        if not train_kw.get("quiet"):
-            print(f"prune --gradual: stage {stage} of {layers}, one layer removed and recovered", file=sys.stderr)
-        target, report = recovered_stage(target, where, samples, distil, flags, sets, train_kw.get("quiet", False))
-        stages.append(report)
+    stages, quiet = [], train_kw.get("quiet", False)
+    for stage in range(1, layers + 1 if gradual else 1):
+        if not quiet:
+            print(f"prune --gradual: stage {stage} of {layers}, one layer removed and recovered"
+                  + (f" into {output}" if stage == layers else ""), file=sys.stderr)
+        if stage < layers:  # the last stage is the run itself
+            target, report = recovered_stage(target, where, samples, distil, flags, sets, quiet)
+            stages.append(report)
     path, report = pruned(target, ffn, 1 if gradual else layers, samples)
     cfg = config_mod.derived(target.cfg, where, {**recovery(target, output, distil), "model": {"name": str(path)}},
                              flags, sets)

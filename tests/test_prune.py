@@ -149,7 +149,8 @@ def test_gradual_pruning_is_the_chain_of_one_layer_prunings(deep_run, tmp_path, 
     result = cli("prune", deep_run, "--output", gradual, "--layers", "2", "--ffn", "0.5", "--gradual", "--overwrite",
                  *common)
     assert result.exit_code == 0 and sorted(stages.iterdir()) == built  # the first stage is not trained again
-    assert "stage 1 of 2" in result.output
+    assert "stage 1 of 2" in result.output and f"stage 2 of 2, one layer removed and recovered into {gradual}" \
+        in result.output
 
 
 def test_bad_input_is_refused(run, tiny_model, tmp_path, cli, monkeypatch):
