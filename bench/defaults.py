@@ -66,6 +66,10 @@ STUDIES = {
         "lr 2e-3, default targets": ["--model", "smollm2-135m", "--lr", "2e-3"],
         "lr 5e-4, all linear": ["--model", "smollm2-135m", "--set", "method.target_modules=all-linear"],
     },
+    "gen-targets": {  # --datasets chatterbot: gen's targets at its rate since the seventh session (2e-3)
+        "lr 2e-3, default targets (current)": ["--model", "smollm2-135m"],
+        "lr 2e-3, all linear": ["--model", "smollm2-135m", "--set", "method.target_modules=all-linear"],
+    },
     "tag-more": {  # the new tag defaults plus label smoothing (the option that helped on pos-wsj): --datasets pos-wsj
         "all linear + min_steps=300 + label_smoothing=0.1": [
             "--set", "method.target_modules=all-linear", "--set", "train.min_steps=300",
