@@ -16,6 +16,7 @@
     .venv/bin/python bench/defaults.py --study rank-small --datasets polarity-300,pos-wsj-300
     .venv/bin/python bench/defaults.py --study full                          # full fine-tuning's rate
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
+    .venv/bin/python bench/defaults.py --study dropout --datasets polarity,pos-wsj   # LoRA's dropout
     .venv/bin/python bench/defaults.py --study unseen --datasets uncertainty,oanc  # the defaults on data not tuned on
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
@@ -69,6 +70,11 @@ STUDIES = {
     "gen-targets": {  # --datasets chatterbot: gen's targets at its rate since the seventh session (2e-3)
         "lr 2e-3, default targets (current)": ["--model", "smollm2-135m"],
         "lr 2e-3, all linear": ["--model", "smollm2-135m", "--set", "method.target_modules=all-linear"],
+    },
+    "dropout": {  # LoRA's input dropout (0.1 now; axolotl and litgpt 0.05, LLaMA-Factory 0): polarity,pos-wsj
+        "lora dropout 0.1 (current)": [],
+        "lora dropout 0.05": ["--set", "method.dropout=0.05"],
+        "lora dropout 0": ["--set", "method.dropout=0"],
     },
     "tag-more": {  # the new tag defaults plus label smoothing (the option that helped on pos-wsj): --datasets pos-wsj
         "all linear + min_steps=300 + label_smoothing=0.1": [
