@@ -151,7 +151,9 @@ def test_a_run_made_from_a_finished_one_takes_its_own_length(own, flags, sets, l
 
 @pytest.mark.parametrize("task, method, sets, targets", [
     ("tag", "lora", [], ["all-linear"]),  # measured: bench/DEFAULTS.md
+    ("gen", "lora", [], ["all-linear"]),
     ("cls", "lora", [], None),  # peft's per-architecture default (query, value)
+    ("mlm", "lora", [], None),  # not measured
     ("tag", "lora", ["method.target_modules=[query]"], ["query"]),  # the user's choice stands
     ("tag", "lora", ["method.target_modules=null"], None),
     ("tag", "dora", [], ["all-linear"]),  # LoRA's, measured for DoRA too
