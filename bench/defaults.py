@@ -16,7 +16,9 @@
     .venv/bin/python bench/defaults.py --study rank-small --datasets polarity-300,pos-wsj-300
     .venv/bin/python bench/defaults.py --study full                          # full fine-tuning's rate
     .venv/bin/python bench/defaults.py --study gen --datasets chatterbot     # gen LoRA: learning rate, targets
+    .venv/bin/python bench/defaults.py --study gen-targets --datasets chatterbot   # gen LoRA on all linear layers
     .venv/bin/python bench/defaults.py --study dropout --datasets polarity,pos-wsj   # LoRA's dropout
+    .venv/bin/python bench/defaults.py --study dropout-more --seeds 4,5,6 --datasets polarity --without-default
     .venv/bin/python bench/defaults.py --study unseen --datasets uncertainty,oanc  # the defaults on data not tuned on
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)

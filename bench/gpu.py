@@ -241,9 +241,9 @@ def memory(h: Harness, paths: dict, precision: str, quant: str = "none", checkpo
     # peft's default targets (q, v), as these checks were written and recorded with: gen's default since the ninth
     # session, all linear layers, leaves the random tiny model's top-token margins ~3x smaller (median 0.07 of the
     # logits' std against 0.24), so the 8-bit base's rounding flips a quarter of them in the merge check (0.75 agreement
-    # against 0.986; the merge itself stays exact, 3e-6)
-    shape = ["--batch-size", "8", "--max-length", "256" if h.cuda else "64", "--set", "method.target_modules=null"]
-    extra = [*shape, "--lr", "1e-3", "--max-steps", "40", "--precision", precision, "--quant", quant]
+    # against 0.986; the merge itself stays exact, 3e-6). `same`: the run and its `ftkit info` estimate alike
+    same = ["--batch-size", "8", "--max-length", "256" if h.cuda else "64", "--set", "method.target_modules=null"]
+    extra = [*same, "--lr", "1e-3", "--max-steps", "40", "--precision", precision, "--quant", quant]
     extra += ["--gradient-checkpointing"] if checkpointing else []
     name = f"smol-{precision}-{quant}{'-ckpt' if checkpointing else ''}"
     if quant == "4bit" and not h.cuda:
@@ -252,7 +252,7 @@ def memory(h: Harness, paths: dict, precision: str, quant: str = "none", checkpo
     run, _ = train(h, name, "gen", paths["smol"], paths["copy"], *extra)
     numbers = {**loss_falls(run), "perplexity": round(summary(run)["eval"]["perplexity"], 3)}
     peak = summary(run)["train"].get("peak_gpu_bytes")
-    rc, output = h.command("info", paths["smol"], "--task", "gen", "--method", "lora", "--quant", quant, *shape,
+    rc, output = h.command("info", paths["smol"], "--task", "gen", "--method", "lora", "--quant", quant, *same,
                            *(["--gradient-checkpointing"] if checkpointing else []),
                            "--set", f"train.precision={precision}", "--json")
     require(rc == 0, f"ftkit info: exit {rc}")
