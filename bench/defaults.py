@@ -19,6 +19,7 @@
     .venv/bin/python bench/defaults.py --study gen-targets --datasets chatterbot   # gen LoRA on all linear layers
     .venv/bin/python bench/defaults.py --study dropout --datasets polarity,pos-wsj   # LoRA's dropout
     .venv/bin/python bench/defaults.py --study dropout-more --seeds 4,5,6 --datasets polarity --without-default
+    .venv/bin/python bench/defaults.py --study grouping --datasets pos-wsj,polarity,pos-wsj-300  # batches by length
     .venv/bin/python bench/defaults.py --study unseen --datasets uncertainty,oanc  # the defaults on data not tuned on
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
@@ -81,6 +82,10 @@ STUDIES = {
     "dropout-more": {  # the dropout study's best on polarity, on more seeds: --seeds 4,5,6 --datasets polarity
         "lora dropout 0.1 (current)": [],
         "lora dropout 0": ["--set", "method.dropout=0"],
+    },
+    "grouping": {  # length grouping's mega-batches: at least 4 per epoch (the HF Trainer's rule), or none at all
+        "grouped, at least 4 mega-batches (new)": [],
+        "not grouped": ["--set", "train.group_by_length=false"],
     },
     "tag-more": {  # the new tag defaults plus label smoothing (the option that helped on pos-wsj): --datasets pos-wsj
         "all linear + min_steps=300 + label_smoothing=0.1": [
