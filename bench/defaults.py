@@ -83,8 +83,8 @@ STUDIES = {
         "lora dropout 0.1 (current)": [],
         "lora dropout 0": ["--set", "method.dropout=0"],
     },
-    "grouping": {  # length grouping's mega-batches: at least 4 per epoch (the HF Trainer's rule), or none at all
-        "grouped, at least 4 mega-batches (new)": [],
+    "grouping": {  # batches grouped by length (the default) or drawn at random (the HF Trainer's default)
+        "grouped by length (default)": [],
         "not grouped": ["--set", "train.group_by_length=false"],
     },
     "tag-more": {  # the new tag defaults plus label smoothing (the option that helped on pos-wsj): --datasets pos-wsj

@@ -21,14 +21,12 @@ class LoopResult:
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled batches of similar-length examples: shuffle, sort inside mega-batches, shuffle the batches. Cuts
-    padding (and so compute) on variable-length text while keeping the order random. A mega-batch is 50 batches, or
-    fewer so that there are at least 4 of them (the HF Trainer's rule): a set smaller than one mega-batch would
-    otherwise be sorted whole every epoch, and its batches would be the same every epoch."""
+    """Shuffled batches of similar-length examples: shuffle, sort inside mega-batches of 50 batches, shuffle the
+    batches. Cuts padding (and so compute) on variable-length text while keeping the order random."""
     rng = random.Random(seed * 1000003 + epoch)
     idx = list(range(len(lengths)))
     rng.shuffle(idx)
-    mega = batch_size * max(1, min(len(lengths) // (batch_size * 4), 50))
+    mega = batch_size * 50
     batches = []
     for s in range(0, len(idx), mega):
         chunk = sorted(idx[s:s + mega], key=lambda i: -lengths[i])

@@ -112,23 +112,6 @@ def test_length_grouped_batches_cover_everything_once_and_cut_padding():
     assert length_grouped_batches(lengths, 16, seed=0, epoch=1) != batches  # reshuffled every epoch
 
 
-def test_length_grouped_batches_of_a_small_set_change_from_epoch_to_epoch():
-    # a set smaller than 50 batches is split into at least 4 mega-batches: sorted whole, its batches would be the
-    # same every epoch (before: 71% of the pairs batched together in one epoch were batched together in the next)
-    import itertools
-    import random
-
-    lengths = [random.Random(i).randint(5, 60) for i in range(900)]
-
-    def together(epoch):
-        batches = length_grouped_batches(lengths, 32, seed=0, epoch=epoch)
-        assert sorted(i for b in batches for i in b) == list(range(900))
-        return {pair for b in batches for pair in itertools.combinations(sorted(b), 2)}
-
-    first, second = together(0), together(1)
-    assert len(first & second) / len(first) < 0.3
-
-
 def test_txt_files_hold_one_document_per_line_or_per_paragraph(tmp_path):
     lines = tmp_path / "lines.txt"
     lines.write_text("first doc\n  second doc  \n\n", encoding="utf-8")  # trailing blank lines: still per line
