@@ -19,7 +19,8 @@
     .venv/bin/python bench/defaults.py --study gen-targets --datasets chatterbot   # gen LoRA on all linear layers
     .venv/bin/python bench/defaults.py --study dropout --datasets polarity,pos-wsj   # LoRA's dropout
     .venv/bin/python bench/defaults.py --study dropout-more --seeds 4,5,6 --datasets polarity --without-default
-    .venv/bin/python bench/defaults.py --study grouping --datasets pos-wsj,polarity,pos-wsj-300  # batches by length
+    .venv/bin/python bench/defaults.py --study grouping --datasets pos-wsj,polarity   # batches grouped by length or not
+    .venv/bin/python bench/defaults.py --study grouping --seeds 4,5,6 --datasets polarity
     .venv/bin/python bench/defaults.py --study unseen --datasets uncertainty,oanc  # the defaults on data not tuned on
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
