@@ -22,6 +22,7 @@
     .venv/bin/python bench/defaults.py --study grouping --datasets pos-wsj,polarity   # batches grouped by length or not
     .venv/bin/python bench/defaults.py --study grouping --seeds 4,5,6 --datasets polarity
     .venv/bin/python bench/defaults.py --study tag-best --seeds 4,5,6 --datasets pos-wsj   # r 16 at 3e-3, more seeds
+    .venv/bin/python bench/defaults.py --study cls-lr --datasets polarity   # cls: 1e-3 and 3e-3 against 2e-3
     .venv/bin/python bench/defaults.py --study unseen --datasets uncertainty,oanc  # the defaults on data not tuned on
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
@@ -130,6 +131,12 @@ STUDIES = {
     "tag-best": {  # the best tag setting measured (r 16 at 3e-3, study tag-lr) on more seeds: --seeds 4,5,6
         "r 8, 2e-3 (default)": [],
         "r 16, 3e-3": ["--set", "method.r=16", "--lr", "3e-3"],
+    },
+    "cls-lr": {  # cls's LoRA rate on either side of 2e-3 (the `lora` study measured only 5e-4 and 2e-3): --datasets
+        # polarity
+        "lr 2e-3 (default)": [],
+        "lr 1e-3": ["--lr", "1e-3"],
+        "lr 3e-3": ["--lr", "3e-3"],
     },
     "rank-small": {  # r 8 against r 16 (alpha follows r) on small data (--datasets polarity-300,...) and on more seeds
         # (--datasets polarity --seeds 4,5,6); run while r 16 was the default, with these labels
