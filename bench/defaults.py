@@ -22,7 +22,8 @@
     .venv/bin/python bench/defaults.py --study grouping --datasets pos-wsj,polarity   # batches grouped by length or not
     .venv/bin/python bench/defaults.py --study grouping --seeds 4,5,6 --datasets polarity
     .venv/bin/python bench/defaults.py --study tag-best --seeds 4,5,6 --datasets pos-wsj   # r 16 at 3e-3, more seeds
-    .venv/bin/python bench/defaults.py --study cls-lr --datasets polarity   # cls: 1e-3 and 3e-3 against 2e-3
+    .venv/bin/python bench/defaults.py --study tag-best --datasets pos-wsj-300,oanc   # ... on small and unseen data
+    .venv/bin/python bench/defaults.py --study cls-lr --datasets polarity --without-default   # cls: 1e-3, 3e-3
     .venv/bin/python bench/defaults.py --study unseen --datasets uncertainty,oanc  # the defaults on data not tuned on
 
 Each trial is one `ftkit train` of the built-in minilm on polarity (cls) and pos-wsj (tag, POS tags: token accuracy)
@@ -133,7 +134,7 @@ STUDIES = {
         "r 16, 3e-3": ["--set", "method.r=16", "--lr", "3e-3"],
     },
     "cls-lr": {  # cls's LoRA rate on either side of 2e-3 (the `lora` study measured only 5e-4 and 2e-3): --datasets
-        # polarity
+        # polarity --without-default (the default's figures: the `scheduler` study's cosine runs)
         "lr 2e-3 (default)": [],
         "lr 1e-3": ["--lr", "1e-3"],
         "lr 3e-3": ["--lr", "3e-3"],
