@@ -38,6 +38,8 @@ DATA_CASES = {  # name: (file name, content, expected message)
     "empty text": ("blank.csv", b"text,label\n  ,x\nb,y\n", "blank.csv: line 2: empty or non-text value"),
     "mixed label types": ("mixed.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": "neg"}\n',
                           "mixed.jsonl: the label column mixes numbers (line 1) and text (line 2)"),
+    "null label": ("nolab.jsonl", b'{"text": "a", "label": null}\n{"text": "b", "label": "neg"}\n',
+                   "nolab.jsonl: line 1: missing or invalid label None"),  # was: "mixes numbers (line 1) and text"
     "non-utf8": ("latin.csv", b"text,label\ncaf\xe9 ok,x\nb,y\n", "latin.csv: line 2: not UTF-8 (byte 0xe9)"),
     "single huge line": ("huge.csv", b"text,label\n" + b"x" * 200_000 + b",pos\nb,neg\n",
                          "huge.csv: line 2: malformed CSV: field larger than field limit"),

@@ -139,20 +139,20 @@ class Classification(LabelledTask):
             if not labels:
                 raise UsageError(f"{table.source}: no row has a label; multi-label classification needs some")
             return labels
-        col = self._values(table, cfg)
-        first_of = {}  # the first row of each kind of value: numbers and text must not mix
-        for i, v in enumerate(col):
+        names, first_of = set(), {}  # first_of: the first row of each kind of value; numbers and text must not mix
+        for i, v in enumerate(self._values(table, cfg)):
             if isinstance(v, (list, tuple)):
                 raise UsageError(f"{table.locate(i)}: the label is a list {v!r}; for several classes per row set "
                                  "--set task.problem=multi_label")
             if isinstance(v, float) and not v.is_integer():
                 raise UsageError(f"{table.locate(i)}: label {v!r} is not a class name or an integer; for a number "
                                  "to predict set --set task.problem=regression")
+            names.add(label_name(v, table, i))  # a missing label (null, empty) is named at its own line
             first_of.setdefault("text" if isinstance(v, str) else "number", i)
         if len(first_of) > 1:
             raise UsageError(f"{table.source}: the label column mixes numbers ({table.where_is(first_of['number'])}) "
                              f"and text ({table.where_is(first_of['text'])}); use one type for every label")
-        labels = sort_labels({label_name(v, table, i) for i, v in enumerate(col)})
+        labels = sort_labels(names)
         if len(labels) < 2:
             raise UsageError(f"{table.source}: every row has the label {labels[0]!r}; classification needs at "
                              "least two labels")
