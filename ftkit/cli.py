@@ -13,6 +13,7 @@ import typer
 from ftkit.cli_common import (Debug, MaxNew, QuantOpt, Sets, TaskOpt, app, drop_none, emit, gen_sets, guarded,
                               summarise)
 from ftkit.errors import UsageError
+from ftkit.files import check_writable
 
 @app.command()
 @guarded
@@ -115,6 +116,9 @@ def eval_(
     sets = (set_ or []) + gen_sets(max_new_tokens) + (["task.generate_eval=true"] if generate else [])
     if confusion_png is not None and confusion_png.suffix.lower() != ".png":
         raise UsageError(f"--confusion-png {confusion_png}: expected a .png file name")
+    for flag, path in (("--output", output), ("--confusion-png", confusion_png)):
+        if path is not None:
+            check_writable(path, flag)  # before the work, not after it
     target = locate(run, task)
     if confusion_png is not None and not target.task.labelled:
         raise UsageError(f"--confusion-png: task {target.task.name!r} has no confusion matrix (cls and tag do)")
@@ -158,6 +162,8 @@ def predict(
 
     if (not text) == (file is None):
         raise UsageError("predict: give --text (one or more) or --file, not both")
+    if output is not None:
+        check_writable(output, "--output")
     loaded = load_trained(run, task, quant)
     stream = loaded.task.streams and text is not None and len(text) == 1 and output is None
     rows = run_predict(loaded, texts=text, file=file, sets=(set_ or []) + gen_sets(max_new_tokens),

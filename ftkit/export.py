@@ -8,13 +8,14 @@ import tempfile
 from pathlib import Path
 
 from ftkit.errors import UsageError
+from ftkit.files import check_writable
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def check_output(output: str) -> Path:
-    out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    out = check_writable(output, "--output", directory=True)
+    if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"--output {output}: exists and is not empty; choose a new directory")
     return out
 

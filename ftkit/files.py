@@ -7,6 +7,24 @@ import contextlib
 import os
 from pathlib import Path
 
+from ftkit.errors import UsageError
+
+
+def check_writable(path, flag: str, directory: bool = False) -> Path:
+    """Refuse, before any work is done, an output ``path`` (given as ``flag``) that could not be written: a file
+    where a directory is wanted or the other way round, a file standing where a parent directory must go, or a
+    directory the user may not write in."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise UsageError(f"{flag} {path}: exists and is {'not ' if directory else ''}a directory"
+                         + ("" if directory else "; expected a file name"))
+    existing = next(p for p in [*([path] if directory else []), *path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, so nothing can be written under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write under {existing} (permission denied)")
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = ""):

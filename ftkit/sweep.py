@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ftkit import config as config_mod
 from ftkit.errors import RunStopped, UsageError, first_line
-from ftkit.files import write_text
+from ftkit.files import check_writable, write_text
 
 # the typed `ftkit train` flags, usable as --param names
 ALIASES = {"lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
@@ -89,8 +89,7 @@ def trial_name(k: int) -> str:
 
 def prepare(root: Path, plan: Plan, resume: bool) -> Plan:
     """Check the sweep dir; a resumed sweep keeps its saved plan, which must be the one asked for."""
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"--output {root}: exists and is not a directory")
+    check_writable(root, "--output", directory=True)
     saved = root / PLAN
     if resume:
         if not saved.is_file():

@@ -14,7 +14,7 @@ from ftkit import catalog
 from ftkit import config as config_mod
 from ftkit.data import Table, fingerprint, held_out_split, mix, read_table, read_training, sources, spec_name
 from ftkit.errors import UsageError
-from ftkit.files import write_text
+from ftkit.files import check_writable, write_text
 
 
 def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
@@ -22,12 +22,7 @@ def prepare_run_dir(output: str | None, overwrite: bool, resume: bool) -> Path:
         raise UsageError("no run directory: pass --output RUN_DIR (or set `output:` in the recipe)")
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
-    run_dir = Path(output)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--output {output}: exists and is not a directory")
-    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--output {output}: cannot write under {existing} (permission denied)")
+    run_dir = check_writable(output, "--output", directory=True)
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not (overwrite or resume):
             raise UsageError(f"--output {output}: exists and is not empty; pass --overwrite to replace it, "

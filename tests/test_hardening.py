@@ -201,11 +201,26 @@ def test_an_existing_run_is_never_overwritten_or_deleted_by_mistake(tiny_model, 
         assert [p.name for p in out.iterdir()] == ["precious.txt"]
 
 
-def test_output_under_a_file_is_refused(tiny_model, sentiment, tmp_path):
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_model, sentiment, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     result = run_cli(*train_args(tiny_model, sentiment, blocker / "run"))
-    assert result.exit_code == 2 and f"cannot write under {blocker}" in result.output
+    assert result.exit_code == 2 and f"{blocker} is a file, so nothing can be written under it" in result.output
+    run, folder = tmp_path / "run", tmp_path / "folder.png"
+    assert run_cli(*train_args(tiny_model, sentiment, run, "--max-steps", "2")).exit_code == 0
+    folder.mkdir()
+    evaluate = ("eval", run, "--data", sentiment["eval"])
+    for args, expected in (  # eval and predict did the work, then failed (exit 1) renaming onto the folder
+            ((*evaluate, "--output", folder), f"--output {folder}: exists and is a directory; expected a file name"),
+            ((*evaluate, "--confusion-png", folder), f"--confusion-png {folder}: exists and is a directory"),
+            ((*evaluate, "--output", blocker / "m.json"), f"{blocker} is a file"),
+            (("predict", run, "--text", "a film", "--output", folder), f"--output {folder}: exists and is a dir"),
+            (("predict", run, "--text", "a film", "--output", blocker / "p.jsonl"), f"{blocker} is a file"),
+            (("export", run, "--output", blocker / "export"), f"{blocker} is a file")):  # was a FileExistsError
+        result = run_cli(*args)
+        assert result.exit_code == 2 and expected in result.output, (args, result.output)
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left behind
 
 
 def test_a_full_disk_leaves_no_run_that_looks_complete(tiny_model, sentiment, tmp_path, monkeypatch):
