@@ -1,5 +1,6 @@
-"""Files written whole or not at all: each is written under a temporary name beside its place and renamed into it
-(atomic on one file system), so a crash never leaves a half-written file that looks complete."""
+"""Output files: checked before any work (``check_writable``), then written whole or not at all: each is written
+under a temporary name beside its place and renamed into it (atomic on one file system), so a crash never leaves a
+half-written file that looks complete."""
 
 from __future__ import annotations
 
