@@ -19,7 +19,8 @@ def check_writable(path, flag: str, directory: bool = False) -> Path:
     if path.exists() and path.is_dir() != directory:
         raise UsageError(f"{flag} {path}: exists and is {'not ' if directory else ''}a directory"
                          + ("" if directory else "; expected a file name"))
-    existing = next(p for p in [*([path] if directory else []), *path.absolute().parents] if p.exists())
+    parents = list(path.absolute().parents)
+    existing = next(p for p in ([path, *parents] if directory else parents) if p.exists())
     if not existing.is_dir():
         raise UsageError(f"{flag} {path}: {existing} is a file, so nothing can be written under it")
     if not os.access(existing, os.W_OK | os.X_OK):
