@@ -73,8 +73,8 @@ class TrainConfig:
     min_steps: int | None = _f(None, "Without max_steps: at least this many optimizer steps, so small data trains "
                                      "for more epochs (the best evaluation's weights are kept either way). 0: epochs "
                                      f"alone. Unset: {DEFAULT_MIN_STEPS} when epochs is unset too, else 0.")
-    lr: float | None = _f(None, "Peak learning rate; default depends on the method and task (e.g. LoRA 2e-3 for "
-                                "cls/tag/gen, 5e-4 for mlm; full 1e-4 for cls/tag, 3e-5 for gen/mlm).")
+    lr: float | None = _f(None, "Peak learning rate; default depends on the method and task (e.g. LoRA 2e-3; "
+                                "full 1e-4 for cls/tag, 3e-5 for gen/mlm).")
     batch_size: int = _f(32, "Examples per device per forward pass.")
     grad_accum: int = _f(1, "Forward passes accumulated per optimizer step (effective batch = batch_size * this).")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norm weights).")
