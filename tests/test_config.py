@@ -153,7 +153,7 @@ def test_a_run_made_from_a_finished_one_takes_its_own_length(own, flags, sets, l
     ("tag", "lora", [], ["all-linear"]),  # measured: bench/DEFAULTS.md
     ("gen", "lora", [], ["all-linear"]),
     ("cls", "lora", [], None),  # peft's per-architecture default (query, value)
-    ("mlm", "lora", [], None),  # not measured
+    ("mlm", "lora", [], ["all-linear"]),  # the mlm-targets study
     ("tag", "lora", ["method.target_modules=[query]"], ["query"]),  # the user's choice stands
     ("tag", "lora", ["method.target_modules=null"], None),
     ("tag", "dora", [], ["all-linear"]),  # LoRA's, measured for DoRA too
