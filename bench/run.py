@@ -97,7 +97,9 @@ ABLATIONS = {"no length grouping": (("cls", "tag"), ["--set", "train.group_by_le
              # gen's packed batches have no padding to cut, and are not grouped unless asked
              "packed batches grouped by length": (("gen",), ["--set", "train.group_by_length=true"], False),
              "no padding-free batches": (("gen",), ["--set", "task.padding_free=false"], False),
-             "no tokenization cache": (("cls", "tag", "gen"), [], True)}
+             "no tokenization cache": (("cls", "tag", "gen"), [], True),
+             # not an optimisation but a candidate default: LoRA's input dropout (0.1) off, which peft then skips
+             "no LoRA dropout": (("cls", "tag", "gen"), ["--set", "method.dropout=0"], False)}
 
 
 def run_ftkit(w: Workload, model: str, train: str, eval_: str, folder: Path, env: dict,
