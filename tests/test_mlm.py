@@ -136,6 +136,23 @@ def test_mlm_training_lowers_perplexity_and_predicts_masked_words(mlm_run, tiny_
     assert refused.exit_code == 2 and "no [MASK] in the text" in refused.output
 
 
+def test_every_mask_of_a_text_longer_than_max_length_is_filled(mlm_run, tmp_path):
+    """A text past data.max_length (32 here) is read in windows, as in training: a [MASK] beyond the first window is
+    filled too (it came back with no prediction), and a short text batched with it gets what it gets alone."""
+    short = "the movie was [MASK]"
+    long = " ".join(["good"] * 40 + ["[MASK]"] + ["bad"] * 40 + ["[MASK]"] * 3)
+    outs = []
+    for i, texts in enumerate([[short], [long, short]]):
+        args = [a for t in texts for a in ("--text", t)]
+        result = run_cli("predict", mlm_run, *args, "--output", tmp_path / f"{i}.jsonl")
+        assert result.exit_code == 0, result.output
+        outs.append([json.loads(line) for line in (tmp_path / f"{i}.jsonl").read_text().splitlines()])
+    (alone,), (long_row, batched) = outs
+    assert len(long_row["masks"]) == 4 and all(len(m) == 5 for m in long_row["masks"])
+    tokens, scores = ([[c[k] for m in row["masks"] for c in m] for row in (batched, alone)] for k in ("token", "score"))
+    assert tokens[0] == tokens[1] and scores[0] == pytest.approx(scores[1], abs=1e-3)  # padding's rounding apart
+
+
 def test_lora_mlm_trains_the_new_head_transform_but_not_the_tied_decoder(mlm_run):
     from safetensors import safe_open
 

@@ -188,6 +188,26 @@ def test_tag_round_trip(tag_run, ner, tmp_path):
             assert (plain(**batch).logits - merged(**batch).logits).abs().max().item() <= 1e-4
 
 
+def test_every_word_of_a_sentence_longer_than_max_length_is_tagged(tag_run, tmp_path):
+    """Past data.max_length (32 tokens here) a sentence is read in windows: the words after the first window get
+    their tags (they came back null), and a short sentence batched with it gets what it gets alone."""
+    from conftest import FILLER
+
+    _, out = tag_run
+    long = [*(FILLER * 10)[:40], "london", *(FILLER * 10)[:20]]
+    short = ["mary", "was", "in", "paris"]
+    rows = []
+    for i, sents in enumerate([[short], [long, short]]):
+        path = write_rows(tmp_path / f"in{i}.jsonl", [{"tokens": t} for t in sents])
+        result = run_cli("predict", out, "--file", path, "--output", tmp_path / f"{i}.jsonl")
+        assert result.exit_code == 0, result.output
+        rows.append([json.loads(x) for x in (tmp_path / f"{i}.jsonl").read_text().splitlines()])
+    (alone,), (long_row, batched) = rows
+    assert long_row["tokens"] == long and None not in long_row["tags"] and None not in long_row["scores"]
+    assert long_row["tags"][40].startswith("B-")  # the name, in the second window
+    assert batched["tags"] == alone["tags"] and batched["scores"] == pytest.approx(alone["scores"], abs=1e-4)
+
+
 def test_run_curves_and_confusion_image(tiny_model, ner, tmp_path):
     from matplotlib.image import imread
 

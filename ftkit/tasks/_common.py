@@ -39,6 +39,15 @@ def real_positions(logits, length: int):
     return logits[:, -length:] if logits.shape[1] > length else logits
 
 
+def encode_windows(tokenizer, texts: list, max_length: int, device, **kwargs):
+    """``texts`` as one padded batch of windows of at most ``max_length`` tokens each, so that no part of a long
+    text is cut off -> (the batch on ``device``, the index in ``texts`` of each window, in order)."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+                    return_overflowing_tokens=True, **kwargs)
+    windows = enc.pop("overflow_to_sample_mapping").tolist()
+    return enc.to(device), windows
+
+
 def batched_predict(model, items: list, batch_size: int, run) -> list[dict]:
     """The output rows of ``run(chunk, start)`` over successive ``batch_size`` chunks of ``items`` (``start``: the
     chunk's first index), in order, with the model in evaluation mode and no gradients."""

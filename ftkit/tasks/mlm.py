@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS, Task
-from ftkit.tasks._common import IGNORE, batched_predict, head_modules, real_positions
+from ftkit.tasks._common import IGNORE, batched_predict, encode_windows, head_modules, real_positions
 
 
 @dataclass
@@ -190,7 +190,8 @@ class MaskedLM(Task):
         return Table("--text", {cfg.data.columns.get("text", "text"): [text]})
 
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 32, stream: bool = False) -> list[dict]:
-        """Fill in the mask tokens: the task.top_k most likely tokens at each, with probabilities."""
+        """Fill in the mask tokens: the task.top_k most likely tokens at each, with probabilities. A text longer
+        than data.max_length is cut into windows as in training, so every mask is filled, in order."""
         texts = self._texts(table, cfg)
         for i, t in enumerate(texts):
             if tokenizer.mask_token not in t:
@@ -198,17 +199,14 @@ class MaskedLM(Task):
                                  f"fill in with {tokenizer.mask_token}")
 
         def run(chunk: list[str], s: int) -> list[dict]:
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                            max_length=cfg.data.max_length).to(model.device)
+            enc, windows = encode_windows(tokenizer, chunk, cfg.data.max_length, model.device)
             probs = real_positions(model(**enc).logits, enc["input_ids"].shape[1]).float().softmax(-1)
-            rows = []
-            for j, text in enumerate(chunk):
-                masks = []
-                for pos in (enc["input_ids"][j] == tokenizer.mask_token_id).nonzero().flatten().tolist():
-                    top = probs[j, pos].topk(cfg.task["top_k"])
-                    masks.append([{"token": tokenizer.decode([t]).strip(), "score": round(float(p), 4)}
-                                  for p, t in zip(top.values.tolist(), top.indices.tolist())])
-                rows.append({"text": text, "masks": masks})
+            rows = [{"text": text, "masks": []} for text in chunk]
+            for w, j in enumerate(windows):  # a text's windows come in order
+                for pos in (enc["input_ids"][w] == tokenizer.mask_token_id).nonzero().flatten().tolist():
+                    top = probs[w, pos].topk(cfg.task["top_k"])
+                    rows[j]["masks"].append([{"token": tokenizer.decode([t]).strip(), "score": round(float(p), 4)}
+                                             for p, t in zip(top.values.tolist(), top.indices.tolist())])
             return rows
 
         return batched_predict(model, texts, batch_size, run)

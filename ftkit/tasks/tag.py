@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import IGNORE, UNSEEN, LabelledTask, batched_predict, pad_collate, real_positions, sort_labels
+from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, encode_windows, pad_collate,
+                                 real_positions, sort_labels)
 from ftkit.tasks._scores import confusion_metrics
 
 SCHEMES = ("auto", "iob2", "iobes", "none")
@@ -169,19 +170,22 @@ class Tagging(LabelledTask):
         id2label = model.config.id2label
 
         def run(chunk: list[list[str]], s: int) -> list[dict]:
-            enc = tokenizer(chunk, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length,
-                            padding=True, return_tensors="pt")
-            logits = real_positions(model(**enc.to(model.device)).logits, enc["input_ids"].shape[1])
+            # a sentence longer than data.max_length is read in windows, so every word gets its tag
+            enc, windows = encode_windows(tokenizer, chunk, cfg.data.max_length, model.device,
+                                          is_split_into_words=True)
+            logits = real_positions(model(**enc).logits, enc["input_ids"].shape[1])
             probs = logits.float().softmax(-1).cpu()
+            first = [{} for _ in chunk]  # per sentence: word -> its first sub-token's (window, position)
+            for k, j in enumerate(windows):
+                for pos, w in enumerate(enc.word_ids(k)):
+                    if w is not None and w not in first[j]:
+                        first[j][w] = (k, pos)
             rows = []
             for j, sent in enumerate(chunk):
-                first = {}
-                for pos, w in enumerate(enc.word_ids(j)):
-                    if w is not None and w not in first:
-                        first[w] = pos
-                tags = [id2label[int(probs[j, first[w]].argmax())] if w in first else None for w in range(len(sent))]
-                scores = [round(float(probs[j, first[w]].max()), 6) if w in first else None for w in range(len(sent))]
-                rows.append({"tokens": sent, "tags": tags, "scores": scores})
+                at = [first[j].get(w) for w in range(len(sent))]
+                rows.append({"tokens": sent,
+                             "tags": [None if a is None else id2label[int(probs[a].argmax())] for a in at],
+                             "scores": [None if a is None else round(float(probs[a].max()), 6) for a in at]})
             return rows
 
         return batched_predict(model, words, batch_size, run)
