@@ -7,6 +7,7 @@ from ftkit.errors import UsageError, first_line
 from ftkit.libraries import prepare_libraries
 from ftkit.models import check_quant_available, check_weights_format, load_tokenizer, quantization
 from ftkit.runs import base_model_path
+from ftkit.tasks._common import positions
 
 
 def check_base_model(cfg, task):
@@ -46,13 +47,6 @@ def resolve_max_length(cfg, model_config, tokenizer, where) -> int:
         raise UsageError(f"config key 'data.max_length': got {requested}, but {where} has {limit} positions{taken}; "
                          f"use --max-length {room} or less")
     return requested
-
-
-def positions(model_config, tokenizer) -> int | None:
-    """How many positions the model has (None: unbounded, e.g. relative positions)."""
-    limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
-    limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
-    return min(limits, default=None)
 
 
 def input_room(cfg, model_config, tokenizer, where) -> int | None:

@@ -127,6 +127,39 @@ def test_causal_round_trip(causal_run, tiny_causal, copy_data, tmp_path):
             assert (plain(**batch).logits - reference).abs().max().item() <= 1e-4
 
 
+def test_predict_reads_the_whole_prompt_and_refuses_one_the_model_cannot_hold(causal_run):
+    """data.max_length (32 here) is the length of training rows, not of prompts: a longer prompt is generated from
+    whole (it was cut to its first 32 tokens, losing the turn that asks for the answer). One that leaves the model
+    (64 positions) no room for a response is refused, naming it; a response runs at most to the last position."""
+    import dataclasses
+
+    from ftkit.runs import load_trained
+
+    _, out = causal_run
+    loaded = load_trained(str(out))
+    seen, generate = [], loaded.model.generate
+
+    def spy(**kw):
+        seen.append(kw)
+        return generate(**kw)
+
+    loaded.model.generate = spy
+    cfg = dataclasses.replace(loaded.cfg, task={**loaded.cfg.task, "max_new_tokens": 64})
+    prompt = "what word : " + " ".join(["the film was superb"] * 10)
+    chat = loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                add_generation_prompt=True)
+    whole = loaded.tokenizer(chat, add_special_tokens=False)["input_ids"]
+    assert 32 < len(whole) < 64
+    (row,) = loaded.task.predict(loaded.model, loaded.tokenizer, loaded.task.text_input(prompt, cfg), cfg)
+    assert row["prompt"] == prompt and seen[0]["input_ids"][0].tolist() == whole
+    assert seen[0]["max_new_tokens"] == 64 - len(whole)  # not 64: the model has 64 positions
+
+    result = run_cli("predict", out, "--text", " ".join(["the film was superb"] * 16))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == ("error: --text: text 1: the prompt is 69 tokens; this model "
+                                                      "takes at most 64, prompt and response together")
+
+
 def test_chat_messages_train(tmp_path, tiny_causal):
     rows = [{"messages": [{"role": "user", "content": f"the {w} film ?"}, {"role": "assistant", "content": w}]}
             for w in ["good", "bad", "nice", "dull"] * 10]

@@ -48,6 +48,13 @@ def encode_windows(tokenizer, texts: list, max_length: int, device, **kwargs):
     return enc.to(device), windows
 
 
+def positions(model_config, tokenizer) -> int | None:
+    """How many positions the model has (None: unbounded, e.g. relative positions)."""
+    limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
+    return min(limits, default=None)
+
+
 def batched_predict(model, items: list, batch_size: int, run) -> list[dict]:
     """The output rows of ``run(chunk, start)`` over successive ``batch_size`` chunks of ``items`` (``start``: the
     chunk's first index), in order, with the model in evaluation mode and no gradients."""

@@ -18,7 +18,7 @@ from ftkit.data import spec_name
 from ftkit.errors import UsageError
 from ftkit.table import Table
 from ftkit.tasks import TASKS, Task
-from ftkit.tasks._common import IGNORE, batched_predict, pad_collate, real_positions
+from ftkit.tasks._common import IGNORE, batched_predict, pad_collate, positions, real_positions
 
 FORMATS = ("auto", "pairs", "chat", "text")
 
@@ -323,6 +323,7 @@ class Generation(Task):
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 8, stream: bool = False) -> list[dict]:
         inputs, shown, chat = self._prompts(tokenizer, table, cfg)
         seq2seq = getattr(model.config, "is_encoder_decoder", False)
+        limit = prompt_room(model, tokenizer, table, inputs, chat, seq2seq)
         tokenizer.padding_side = "left"  # batched generation continues from the last real token of every row
         streamer = None
         if stream:
@@ -331,11 +332,12 @@ class Generation(Task):
             streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
         def run(chunk: list[str], s: int) -> list[dict]:
-            # a rendered chat already holds its special tokens
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                            max_length=cfg.data.max_length, add_special_tokens=not chat).to(model.device)
-            gen = model.generate(**enc, **self._generate_kwargs(cfg), pad_token_id=tokenizer.pad_token_id,
-                                 streamer=streamer)
+            # a rendered chat already holds its special tokens; the whole prompt, however long training's rows were
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
+            kwargs = self._generate_kwargs(cfg)
+            if limit is not None and not seq2seq:  # the response stops where the model's positions end
+                kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], limit - enc["input_ids"].shape[1])
+            gen = model.generate(**enc, **kwargs, pad_token_id=tokenizer.pad_token_id, streamer=streamer)
             new = gen if seq2seq else gen[:, enc["input_ids"].shape[1]:]
             return [{"prompt": shown[s + j], "response": text.strip()}
                     for j, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True))]
@@ -344,3 +346,18 @@ class Generation(Task):
             return batched_predict(model, inputs, batch_size, run)
         finally:
             tokenizer.padding_side = "right"
+
+
+def prompt_room(model, tokenizer, table: Table, inputs: list[str], chat: bool, seq2seq: bool) -> int | None:
+    """The positions a prompt and its response share (None: unbounded): the model's, less the virtual tokens of
+    prompt or prefix tuning. A prompt that leaves no room for a response is refused, naming its row: cutting it
+    would answer another prompt, or a chat without the turn that asks for the answer."""
+    limit = positions(getattr(model, "config", None), tokenizer)
+    if limit is None:
+        return None
+    limit -= getattr(getattr(model, "active_peft_config", None), "num_virtual_tokens", None) or 0
+    for i, ids in enumerate(tokenizer(inputs, add_special_tokens=not chat)["input_ids"]):
+        if len(ids) > limit or (len(ids) == limit and not seq2seq):
+            raise UsageError(f"{table.locate(i)}: the prompt is {len(ids)} tokens; this model takes at most {limit}"
+                             + ("" if seq2seq else ", prompt and response together"))
+    return limit
