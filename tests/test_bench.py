@@ -29,7 +29,8 @@ def test_harness_runs_both_sides_and_writes_results(tmp_path, tiny_model):
     (result,) = bench.main(["--reps", "1", "--ablate", "--results", str(results_md), "--work",
                             str(tmp_path / "work")], workloads=tiny)
     # the gen-only ablation is left out
-    assert set(result["runs"]) == {"ftkit", "reference", "no length grouping", "no tokenization cache"}
+    assert set(result["runs"]) == {"ftkit", "reference", "no length grouping", "no tokenization cache",
+                                   "no LoRA dropout"}
     for side in result["runs"]:
         runs = result["runs"][side]
         assert len(runs) == 1
@@ -42,7 +43,8 @@ def test_harness_runs_both_sides_and_writes_results(tmp_path, tiny_model):
     assert ratios["samples_per_s"]["min"] <= ratios["samples_per_s"]["median"] <= ratios["samples_per_s"]["max"]
     text = results_md.read_text()
     assert "| cls (" in text and "`ftkit --help`:" in text and "torch " in text
-    assert "| cls | no length grouping |" in text and "| cls | no tokenization cache |" in text
+    assert all(f"| cls | {name} |" in text for name in ("no length grouping", "no tokenization cache",
+                                                           "no LoRA dropout"))
     raw = json.loads(text.split("```json\n")[1].split("\n```")[0])
     assert raw[0]["runs"]["ftkit"][0]["steps"] == 4
 
