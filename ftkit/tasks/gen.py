@@ -322,8 +322,10 @@ class Generation(Task):
 
     def predict(self, model, tokenizer, table: Table, cfg, batch_size: int = 8, stream: bool = False) -> list[dict]:
         inputs, shown, chat = self._prompts(tokenizer, table, cfg)
+        # whole prompts, however long training's rows were; a rendered chat already holds its special tokens
+        prompts = tokenizer(inputs, add_special_tokens=not chat)["input_ids"]
         seq2seq = getattr(model.config, "is_encoder_decoder", False)
-        limit = prompt_room(model, tokenizer, table, inputs, chat, seq2seq)
+        limit = prompt_room(model, tokenizer, table, prompts, seq2seq)
         tokenizer.padding_side = "left"  # batched generation continues from the last real token of every row
         streamer = None
         if stream:
@@ -331,9 +333,8 @@ class Generation(Task):
 
             streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
-        def run(chunk: list[str], s: int) -> list[dict]:
-            # a rendered chat already holds its special tokens; the whole prompt, however long training's rows were
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
+        def run(chunk: list[list[int]], s: int) -> list[dict]:
+            enc = tokenizer.pad({"input_ids": chunk}, return_tensors="pt").to(model.device)
             kwargs = self._generate_kwargs(cfg)
             if limit is not None and not seq2seq:  # the response stops where the model's positions end
                 kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], limit - enc["input_ids"].shape[1])
@@ -343,12 +344,12 @@ class Generation(Task):
                     for j, text in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True))]
 
         try:
-            return batched_predict(model, inputs, batch_size, run)
+            return batched_predict(model, prompts, batch_size, run)
         finally:
             tokenizer.padding_side = "right"
 
 
-def prompt_room(model, tokenizer, table: Table, inputs: list[str], chat: bool, seq2seq: bool) -> int | None:
+def prompt_room(model, tokenizer, table: Table, prompts: list[list[int]], seq2seq: bool) -> int | None:
     """The positions a prompt and its response share (None: unbounded): the model's, less the virtual tokens of
     prompt or prefix tuning. A prompt that leaves no room for a response is refused, naming its row: cutting it
     would answer another prompt, or a chat without the turn that asks for the answer."""
@@ -356,7 +357,7 @@ def prompt_room(model, tokenizer, table: Table, inputs: list[str], chat: bool, s
     if limit is None:
         return None
     limit -= getattr(getattr(model, "active_peft_config", None), "num_virtual_tokens", None) or 0
-    for i, ids in enumerate(tokenizer(inputs, add_special_tokens=not chat)["input_ids"]):
+    for i, ids in enumerate(prompts):
         if len(ids) > limit or (len(ids) == limit and not seq2seq):
             raise UsageError(f"{table.locate(i)}: the prompt is {len(ids)} tokens; this model takes at most {limit}"
                              + ("" if seq2seq else ", prompt and response together"))
