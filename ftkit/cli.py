@@ -157,7 +157,7 @@ def predict(
 ):
     """Predict: labels with probabilities (cls), tags per word (tag), or generated text (gen), as JSON lines.
     A single gen --text without --output streams the response to the terminal."""
-    from ftkit.inference import predict as run_predict
+    from ftkit.inference import predict as run_predict, settings
     from ftkit.runs import load_trained
 
     if (not text) == (file is None):
@@ -170,6 +170,10 @@ def predict(
                        batch_size=batch_size, stream=stream)
     if not stream:
         emit(rows, output)
+    if cut := sum(bool(row.get("truncated")) for row in rows):
+        n = settings(loaded, set_ or []).data.max_length
+        typer.echo(f"note: {cut} of {len(rows)} texts are longer than data.max_length={n} tokens; the model read "
+                   f"only their first {n} (rows marked \"truncated\": true)", err=True)
     if output is not None:
         typer.echo(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} to {output}", err=True)
 

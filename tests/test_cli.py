@@ -352,3 +352,26 @@ def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, sen
     assert result.exit_code == 2, result.output
     assert "bad.csv: no column 'text' for the text (set data.columns.text=...); columns found: sentence, label" \
         in result.output
+
+
+def test_texts_longer_than_max_length_are_counted_and_their_predictions_marked(tmp_path, tiny_model, sentiment):
+    """cls reads a text up to data.max_length (8 tokens here): training says how many rows reach it, and predict
+    marks each text it cut — not one that fits exactly — and counts them on stderr (they were cut silently)."""
+    import csv
+
+    out = tmp_path / "run"
+    args = train_args(tiny_model, sentiment, out, "--max-steps", "2")
+    args[args.index("--max-length") + 1] = "8"
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    for split, path, n in (("training", sentiment["train"], 160), ("evaluation", sentiment["eval"], 40)):
+        with open(path, newline="") as f:  # one token a word, plus [CLS] and [SEP]
+            reach = sum(len(row["text"].split()) + 2 >= 8 for row in csv.DictReader(f))
+        assert 0 < reach < n and f"note: {reach} of {n} {split} rows reach data.max_length=8 tokens" in result.output
+    texts = ["the movie was really very quite good story plot", "good", "the movie was really very good"]
+    result = run_cli("predict", out, *[a for t in texts for a in ("--text", t)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row.get("truncated") for row in rows] == [True, None, None]  # the last fills the 8 tokens exactly
+    assert "note: 1 of 3 texts are longer than data.max_length=8 tokens; the model read only their first 8" \
+        in result.stderr

@@ -284,6 +284,10 @@ class Classification(LabelledTask):
 
     def features(self, enc: dict, targets: list[int], idx: list[int], cfg, training: bool,
                  notes: list[str] | None = None) -> list[dict]:
+        if notes is not None and (n := sum(len(enc["input_ids"][i]) >= cfg.data.max_length for i in idx)):
+            notes.append(f"note: {n} of {len(idx)} {'training' if training else 'evaluation'} rows reach "
+                         f"data.max_length={cfg.data.max_length} tokens; the model reads no further (--max-length "
+                         "raises it, up to the model's positions)")
         return to_features(enc, targets, idx)
 
     def collator(self, tokenizer, cfg):
@@ -362,11 +366,15 @@ class Classification(LabelledTask):
                     "probs": {id2label[c]: round(float(v), 6) for c, v in enumerate(p)}}
 
         def run(chunk: list[str], s: int) -> list[dict]:
-            enc = tokenizer(chunk, pair[s:s + len(chunk)] if pair else None, truncation=True,
-                            max_length=cfg.data.max_length, padding=True, return_tensors="pt")
+            pairs = pair[s:s + len(chunk)] if pair else None
+            enc = tokenizer(chunk, pairs, truncation=True, max_length=cfg.data.max_length, padding=True,
+                            return_tensors="pt")
+            full = enc["attention_mask"].sum(-1).tolist()  # a text that fills max_length may have been cut:
+            cut = [n >= cfg.data.max_length and len(tokenizer(chunk[j], pairs[j] if pairs else None)["input_ids"])
+                   > cfg.data.max_length for j, n in enumerate(full)]  # its whole length says
             logits = model(**enc.to(model.device)).logits.float().cpu()
-            return [{"text": chunk[j]} | ({"text_pair": pair[s + j]} if pair else {}) | answer(out)
-                    for j, out in enumerate(logits)]
+            return [{"text": chunk[j]} | ({"text_pair": pairs[j]} if pairs else {}) | answer(out)
+                    | ({"truncated": True} if cut[j] else {}) for j, out in enumerate(logits)]
 
         return batched_predict(model, text, batch_size, run)
 
