@@ -28,8 +28,12 @@ class Table:
     def column(self, name: str, role: str) -> list:
         if name not in self.columns:
             found = ", ".join(self.columns) or "none"
+            only = next(iter(self.columns)) if len(self.columns) == 1 else ""
+            sep = next((c for c in ";\t|," if c in only), None)  # a header read as one column: another separator
+            hint = f" (one column: is the file separated by {sep!r}? .csv files are read with ',', .tsv with tabs)" \
+                if sep else ""
             raise UsageError(f"{self.source}: no column {name!r} for the {role} (set data.columns.{role}=...); "
-                             f"columns found: {found}")
+                             f"columns found: {found}{hint}")
         return self.columns[name]
 
     def text_column(self, name: str, role: str) -> list[str]:

@@ -33,6 +33,8 @@ DATA_CASES = {  # name: (file name, content, expected message)
     "malformed json": ("bad.json", b'[{"text": "a", "label": "x"},', "bad.json: line 1: invalid JSON"),
     "malformed csv": ("bad.csv", b'text,label\n"a",x\n"unterminated,pos\n', "bad.csv: line 3"),
     "misnamed column": ("cols.csv", b"sentence,y\na,b\nc,d\n", "columns found: sentence, y"),
+    "semicolon csv": ("semi.csv", b"text;label\na;x\nb;y\n", "columns found: text;label (one column: is the file "
+                      "separated by ';'? .csv files are read with ',', .tsv with tabs)"),
     "null text": ("null.jsonl", b'{"text": null, "label": "x"}\n{"text": "b", "label": "y"}\n',
                   "null.jsonl: line 1: empty or non-text value None in the text column"),
     "empty text": ("blank.csv", b"text,label\n  ,x\nb,y\n", "blank.csv: line 2: empty or non-text value"),
