@@ -368,6 +368,9 @@ def test_texts_longer_than_max_length_are_counted_and_their_predictions_marked(t
         with open(path, newline="") as f:  # one token a word, plus [CLS] and [SEP]
             reach = sum(len(row["text"].split()) + 2 >= 8 for row in csv.DictReader(f))
         assert 0 < reach < n and f"note: {reach} of {n} {split} rows reach data.max_length=8 tokens" in result.output
+    scored = run_cli("eval", out, "--data", sentiment["eval"])
+    assert f"note: {reach} of 40 evaluation rows reach data.max_length=8 tokens; the model reads no further\n" \
+        in scored.stderr
     texts = ["the movie was really very quite good story plot", "good", "the movie was really very good"]
     result = run_cli("predict", out, *[a for t in texts for a in ("--text", t)])
     assert result.exit_code == 0, result.output

@@ -286,8 +286,8 @@ class Classification(LabelledTask):
                  notes: list[str] | None = None) -> list[dict]:
         if notes is not None and (n := sum(len(enc["input_ids"][i]) >= cfg.data.max_length for i in idx)):
             notes.append(f"note: {n} of {len(idx)} {'training' if training else 'evaluation'} rows reach "
-                         f"data.max_length={cfg.data.max_length} tokens; the model reads no further (--max-length "
-                         "raises it, up to the model's positions)")
+                         f"data.max_length={cfg.data.max_length} tokens; the model reads no further"
+                         + (" (--max-length raises it, up to the model's positions)" if training else ""))
         return to_features(enc, targets, idx)
 
     def collator(self, tokenizer, cfg):
