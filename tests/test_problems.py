@@ -221,6 +221,8 @@ def test_dry_run_counts_multi_label_classes(tiny_model, topics, tmp_path):
 @pytest.mark.parametrize("rows, sets, message", [
     ([{"text": "good", "label": "1.5"}, {"text": "bad", "label": "x"}], ["task.problem=regression"],
      "line 2: label 'x' is not a number (task.problem=regression)"),
+    ([{"text": "good", "label": "1.5"}, {"text": "bad", "label": "1e400"}], ["task.problem=regression"],
+     "line 2: label '1e400' is not a finite number (task.problem=regression)"),
     ([{"text": "good", "label": ["a"]}, {"text": "bad", "label": ["b"]}], [],
      "line 1: the label is a list ['a']; for several classes per row set --set task.problem=multi_label"),
     ([{"text": "good", "label": 1.5}, {"text": "bad", "label": 2}], [],

@@ -167,7 +167,8 @@ class Classification(LabelledTask):
             except (TypeError, ValueError):
                 x = None
             if x is None or not math.isfinite(x):
-                raise UsageError(f"{table.locate(i)}: label {v!r} is not a number (task.problem=regression)")
+                what = "not a finite number" if x is not None else "not a number"  # nan, inf, 1e400
+                raise UsageError(f"{table.locate(i)}: label {v!r} is {what} (task.problem=regression)")
             out.append(x)
         return out
 
