@@ -370,9 +370,10 @@ class Classification(LabelledTask):
             pairs = pair[s:s + len(chunk)] if pair else None
             enc = tokenizer(chunk, pairs, truncation=True, max_length=cfg.data.max_length, padding=True,
                             return_tensors="pt")
-            full = enc["attention_mask"].sum(-1).tolist()  # a text that fills max_length may have been cut:
+            mask = enc.get("attention_mask")  # a text that fills max_length may have been cut: its whole length says
+            full = mask.sum(-1).tolist() if mask is not None else [cfg.data.max_length] * len(chunk)
             cut = [n >= cfg.data.max_length and len(tokenizer(chunk[j], pairs[j] if pairs else None)["input_ids"])
-                   > cfg.data.max_length for j, n in enumerate(full)]  # its whole length says
+                   > cfg.data.max_length for j, n in enumerate(full)]
             logits = model(**enc.to(model.device)).logits.float().cpu()
             return [{"text": chunk[j]} | ({"text_pair": pairs[j]} if pairs else {}) | answer(out)
                     | ({"truncated": True} if cut[j] else {}) for j, out in enumerate(logits)]
