@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 # The fast suite in a separate venv on the newest releases pyproject.toml's ranges allow (torch stays at the pin):
 # how the next upstream break is found before users find it. Upgrades on every call.
-test-latest:
+test-latest: browser
 	test -x $(LATEST)/bin/python || python3 -m venv $(LATEST)
 	echo "torch==$(TORCH)" > $(LATEST)/torch.txt
 	$(LATEST)/bin/python -m pip install --quiet torch==$(TORCH)

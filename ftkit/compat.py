@@ -25,6 +25,42 @@ def accept_past_key_values(model) -> None:
     for child in model.children():
         if isinstance(child, PreTrainedModel):
             _rename_cache_argument(child)
+    if isinstance(model, PreTrainedModel):  # a causal LM, which peft hands the prefix itself (as past_key_values)
+        _rename_cache_argument(model)
+
+
+def generate_with_virtual_tokens(peft_model) -> None:
+    """Let peft's prompt learning (prefix and prompt tuning) reach generation's key/value cache on transformers
+    >= 5.24.
+
+    peft <= 0.21.2 reads the cache that ``generate`` keeps, and puts the prefix in, under ``past_key_values``;
+    since 5.24 ``generate`` keeps it under ``cache``. So peft never sees it: prefix tuning's prefix went in as
+    ``past_key_values`` beside the empty ``cache``, which the model uses — every token was generated as if there
+    were no adapter (tests/test_compat.py) — and prompt tuning took every step for the first. Here the base model's
+    inputs reach peft with the cache under its old name, and peft's reach the model under the new one. A no-op for
+    other adapters, before 5.24, and on models that take no cache."""
+    if not getattr(peft_model, "active_peft_config", None) or not peft_model.active_peft_config.is_prompt_learning:
+        return
+    base = getattr(peft_model, "base_model_prepare_inputs_for_generation", None)
+    model = peft_model.get_base_model()
+    if base is None or "cache" not in inspect.signature(model.forward).parameters:
+        return
+    peft_prepare = model.prepare_inputs_for_generation  # peft's own, which calls ``base``
+
+    def to_peft(*args, **kwargs):
+        inputs = base(*args, **kwargs)
+        if "cache" in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    def to_model(*args, **kwargs):
+        inputs = peft_prepare(*args, **kwargs)
+        if "past_key_values" in inputs:
+            inputs["cache"] = inputs.pop("past_key_values")
+        return inputs
+
+    peft_model.base_model_prepare_inputs_for_generation = to_peft
+    model.prepare_inputs_for_generation = to_model
 
 
 def _rename_cache_argument(module) -> None:

@@ -11,8 +11,13 @@ import sys
 
 def prepare_libraries() -> None:
     import logging
+    import os
     import warnings
 
+    # No code from a hub at run time unless the user asks: transformers >= 5.25 (through the `kernels` package) loads
+    # kernels from the Hugging Face hub for some layers by default; USE_HUB_KERNELS=YES in the environment turns
+    # that back on. (bitsandbytes asks `kernels` on its own: import_bitsandbytes.)
+    os.environ.setdefault("USE_HUB_KERNELS", "NO")
     import transformers
 
     # bitsandbytes logs on every quantized forward, and at import (via peft) about an optional CPU kernel package
@@ -23,6 +28,10 @@ def prepare_libraries() -> None:
     # peft checks AdaLoRA's saved rank pattern (keyed by its lora_E parameters) against module names, which never
     # match; the pruned ranks are saved as zeros, so the reloaded adapter computes what was trained (tests/test_methods)
     warnings.filterwarnings("ignore", message=r"(?s).*rank_pattern keys did not match.*lora_E", category=RuntimeWarning)
+    # peft's prompt tuning drops the position ids generate() passes and warns on every step; the model then counts
+    # positions from the cache, virtual tokens included, as in training: nothing the user can change
+    warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning",
+                            category=UserWarning)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     import_bitsandbytes()
@@ -41,12 +50,25 @@ def import_bitsandbytes() -> None:
 
     real = torch.compile
     torch.compile = functools.partial(deferred_compile, real)
+    # bitsandbytes >= 0.50 on a CPU with AVX512-BF16, as it is imported, fetches and runs a 4-bit matmul kernel from
+    # the hub repository kernels-community/quantization-bitsandbytes whenever the `kernels` package can be imported
+    # (transformers 5.25 installs it), and warns when it cannot reach the hub. None in sys.modules makes that one
+    # import fail, so it keeps its own CPU kernel, quietly; `kernels` is importable again afterwards.
+    hidden = sys.modules.get("kernels", _ABSENT)
+    sys.modules["kernels"] = None
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:  # a broken install: peft imports it the same way and goes on without it
         pass
     finally:
         torch.compile = real
+        if hidden is _ABSENT:
+            del sys.modules["kernels"]
+        else:
+            sys.modules["kernels"] = hidden
+
+
+_ABSENT = object()
 
 
 def deferred_compile(compile_fn, model=None, **kwargs):

@@ -148,3 +148,122 @@ def test_peft_refusing_a_model_is_a_usage_error(tiny_model, sentiment, tmp_path)
     ok = run_cli(*train_args(model_dir, sentiment, out, "--method", "lora", "--max-steps", "2",
                              "--set", "method.target_modules=[q_lin,v_lin]"))
     assert ok.exit_code == 0, ok.output
+
+
+# bitsandbytes' CPU backend takes the AVX512-BF16 path in the subprocess, whatever the machine's CPU, and
+# `kernels.get_kernel` (the installed package's, or a stand-in's lent to bitsandbytes' CPU backend as it imports, where
+# `kernels` is not installed) records what it is asked
+_PRELUDE = '''
+import importlib.abc, importlib.util, os, sys, types
+
+def get_kernel(repo_id, **kwargs):
+    open(os.environ["FTKIT_TEST_KERNEL_MARKER"], "a").write(repo_id + "\\n")
+    raise RuntimeError("the hub is not reachable from a test")
+
+INSTALLED = importlib.util.find_spec("kernels") is not None
+if INSTALLED:
+    import kernels
+    kernels.get_kernel = get_kernel
+STAND_IN = types.ModuleType("kernels")
+STAND_IN.get_kernel = get_kernel
+
+class Patch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in ("bitsandbytes.functional", "bitsandbytes.backends.cpu.ops"):
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        sys.meta_path.insert(0, self)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            if name == "bitsandbytes.functional":
+                run(module)
+                module.has_avx512bf16 = lambda: True
+                return
+            lent = "kernels" not in sys.modules  # the stand-in, only while the CPU backend imports (not over None)
+            if lent:
+                sys.modules["kernels"] = STAND_IN
+            try:
+                run(module)
+            finally:
+                if lent:
+                    del sys.modules["kernels"]
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, Patch())
+'''
+
+
+@pytest.mark.parametrize("through_ftkit", [True, False], ids=["ftkit", "bitsandbytes alone (the control)"])
+def test_no_kernel_is_fetched_from_the_hub(through_ftkit, tmp_path):
+    """bitsandbytes >= 0.50 imports `kernels` (which transformers 5.25 installs) and fetches a CPU 4-bit kernel from
+    the hub repository kernels-community/quantization-bitsandbytes; through ftkit's set-up it is never asked, and
+    `kernels` is itself again afterwards. The control shows the request is made when bitsandbytes is imported
+    without ftkit (if it is not, bitsandbytes changed and this test needs another look)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    marker = tmp_path / "asked.txt"
+    body = ("from ftkit.libraries import prepare_libraries\nprepare_libraries()\nimport peft\n"
+            "from transformers import BitsAndBytesConfig\n"
+            "assert sys.modules.get('kernels') is (kernels if INSTALLED else None)\n"
+            "assert os.environ['USE_HUB_KERNELS'] == 'NO'\n") if through_ftkit else "import bitsandbytes\n"
+    env = {**os.environ, "FTKIT_TEST_KERNEL_MARKER": str(marker)}
+    env.pop("USE_HUB_KERNELS", None)
+    result = subprocess.run([sys.executable, "-c", _PRELUDE + body], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    asked = marker.read_text() if marker.exists() else ""
+    if through_ftkit:
+        assert asked == "" and "kernels-community" not in result.stderr, (asked, result.stderr)
+    else:
+        assert "kernels-community/quantization-bitsandbytes" in asked, result.stderr
+
+
+@pytest.mark.parametrize("kind", ["prefix", "prompt"])
+def test_generation_reads_the_virtual_tokens(kind):
+    """peft <= 0.21.2 keeps prompt learning's cache as `past_key_values`, transformers >= 5.24's generate as `cache`:
+    without the adaptation, a prefix-tuned model generated as if it had no adapter (and a prompt-tuned one re-read
+    its prompt at every step). Greedy generate() must give the tokens a step-by-step argmax of the full forward
+    gives, for a batch of two, and say nothing on stderr under ftkit's set-up (peft's prompt tuning warned about
+    position ids at every step)."""
+    import warnings
+
+    import torch
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftkit.compat import generate_with_virtual_tokens
+    from ftkit.libraries import prepare_libraries
+
+    prepare_libraries()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=64, initializer_range=0.5)).eval()
+    accept_past_key_values(model)
+    config = (PrefixTuningConfig if kind == "prefix" else PromptTuningConfig)(task_type="CAUSAL_LM",
+                                                                              num_virtual_tokens=4)
+    peft_model = get_peft_model(model, config).eval()
+    generate_with_virtual_tokens(peft_model)
+    with torch.no_grad():
+        for p in peft_model.prompt_encoder.parameters():
+            p.normal_(0, 2)  # virtual tokens that change what comes next
+        ids = torch.tensor([[3, 7, 9, 11], [1, 4, 5, 6]])
+        with warnings.catch_warnings(record=True) as said:
+            generated = peft_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                                            do_sample=False)[:, 4:]
+        seq = ids
+        for _ in range(6):
+            nxt = peft_model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[:, -1].argmax(-1)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+        with peft_model.disable_adapter():
+            plain = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                                   do_sample=False)[:, 4:]
+    assert generated.tolist() == seq[:, 4:].tolist()
+    assert generated.tolist() != plain.tolist()  # the virtual tokens matter here
+    assert [str(w.message) for w in said] == []

@@ -68,6 +68,9 @@ def wrap(model, peft_config, params, method: str):
     for config in model.peft_config.values():
         if getattr(config, "modules_to_save", None):
             config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
+    from ftkit.compat import generate_with_virtual_tokens
+
+    generate_with_virtual_tokens(model)  # prefix/prompt tuning's generation on transformers >= 5.24 (see there)
     return model
 
 

@@ -25,7 +25,8 @@ class Prefix(VirtualTokenMethod):
     description = "learned attention prefixes (peft prefix tuning); not mergeable"
     load_note = ("with transformers >= 5.24 and peft <= 0.21.2, peft's prefix tuning cannot find a BERT-style "
                  "backbone's cache argument: call ftkit.compat.accept_past_key_values(model.get_base_model()) "
-                 "before the first forward (or use transformers < 5.24)")
+                 "before the first forward, and for generate() ftkit.compat.generate_with_virtual_tokens(model) "
+                 "after PeftModel.from_pretrained (or use transformers < 5.24)")
 
     def validate(self, cfg, task) -> None:
         if cfg.model.quant != "none":
