@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftkit.cli_common import (Debug, MaxNew, QuantOpt, Sets, TaskOpt, app, drop_none, emit, gen_sets, guarded,
-                              summarise)
+from ftkit.cli_common import (BatchSize, Debug, Epochs, Lr, MaxNew, MaxSteps, QuantOpt, Seed, Sets, TaskOpt, app,
+                              bounded, drop_none, emit, gen_sets, guarded, summarise)
 from ftkit.errors import UsageError
 from ftkit.files import check_writable
 
@@ -32,14 +32,17 @@ def train(
     output: Annotated[Optional[str], typer.Option(help="Run directory to write.")] = None,
     quant: Annotated[Optional[str], typer.Option(help="none, 8bit or 4bit (bitsandbytes; 4bit trains on CUDA "
                                                       "only).")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Passes over the training data.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default depends on the "
-                                                     "method).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Examples per device per step.")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Truncate inputs to this many tokens.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    epochs: Epochs = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).",
+                                                     callback=bounded(1))] = None,
+    lr: Lr = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per device per step.",
+                                                      callback=bounded(1))] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.",
+                                                      callback=bounded(1))] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Truncate inputs to this many tokens.",
+                                                      callback=bounded(1))] = None,
+    seed: Seed = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (CUDA only).")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option(
         "--gradient-checkpointing", help="Recompute activations in the backward pass (less memory, slower).")] = None,
@@ -94,7 +97,7 @@ def eval_(
     data: Annotated[str, typer.Option(help="Data file or built-in dataset to evaluate on.")],
     task: TaskOpt = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
+    batch_size: BatchSize = 64,
     generate: Annotated[bool, typer.Option("--generate", help="gen: also generate a response per prompt and "
                                                               "score exact match and ROUGE-L.")] = False,
     max_new_tokens: MaxNew = None,
@@ -149,7 +152,7 @@ def predict(
     file: Annotated[Optional[str], typer.Option(help="A data file; every row is predicted.")] = None,
     task: TaskOpt = None,
     output: Annotated[Optional[Path], typer.Option(help="Write jsonl here (default: stdout).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 32,
+    batch_size: BatchSize = 32,
     max_new_tokens: MaxNew = None,
     quant: QuantOpt = None,
     set_: Sets = None,
@@ -224,8 +227,8 @@ def sweep(
                                              "best.yaml.")],
     strategy: Annotated[str, typer.Option(help="grid (every combination) or random (--trials of them).")] = "grid",
     trials: Annotated[Optional[int], typer.Option(help="How many trials (random: default 8; grid: the first N "
-                                                       "combinations).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for drawing the random trials.")] = 0,
+                                                       "combinations).", callback=bounded(1))] = None,
+    seed: Annotated[int, typer.Option(help="Seed for drawing the random trials.", callback=bounded(0))] = 0,
     resume: Annotated[bool, typer.Option(help="Finish a half-done sweep in --output (same arguments).")] = False,
     set_: Sets = None,
     debug: Debug = False,
@@ -253,9 +256,9 @@ def info(
     method: Annotated[str, typer.Option(help="Fine-tuning method.")] = "lora",
     quant: Annotated[str, typer.Option(help="none, 8bit or 4bit base.")] = "none",
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per device per step (default: "
-                                                           "train.batch_size).")] = None,
+                                                           "train.batch_size).", callback=bounded(1))] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per example (default: data.max_length's "
-                                                           "default for the model).")] = None,
+                                                           "default for the model).", callback=bounded(1))] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing",
                                                                    help="Estimate with activations "
                                                                         "recomputed.")] = None,

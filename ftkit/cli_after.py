@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftkit.cli_common import Debug, Sets, TaskOpt, app, drop_none, guarded, summarise
+from ftkit.cli_common import (Debug, Epochs, Lr, MaxSteps, Port, Seed, Sets, TaskOpt, TrainBatch, app, bounded, drop_none,
+                              guarded, number, summarise)
 
 
 @app.command()
@@ -17,15 +18,17 @@ def serve(
                                                    "model names; NAME=RUN sets the name requests use.",
                                               metavar="RUN...")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free port; the log says which).")] = 8000,
+    port: Port = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="FTKIT_API_KEY", help="Require `Authorization: Bearer "
                                                    "KEY` on every route but /health (or set FTKIT_API_KEY).")] = None,
-    max_batch: Annotated[int, typer.Option(help="Most requests (texts) run together in one batch.")] = 16,
+    max_batch: Annotated[int, typer.Option(help="Most requests (texts) run together in one batch.",
+                                           callback=bounded(1))] = 16,
     max_wait_ms: Annotated[float, typer.Option(help="Under concurrent load, how long a request waits for others "
-                                                    "to batch with.")] = 5.0,
+                                                    "to batch with.", callback=number(low=0))] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting or running; beyond it: 503 with "
-                                                "Retry-After.")] = 256,
-    max_input_chars: Annotated[int, typer.Option(help="Longest text a request may send.")] = 100_000,
+                                                "Retry-After.", callback=bounded(1))] = 256,
+    max_input_chars: Annotated[int, typer.Option(help="Longest text a request may send.",
+                                                 callback=bounded(1))] = 100_000,
     task: TaskOpt = None,
     debug: Debug = False,
 ):
@@ -45,7 +48,7 @@ def ui(
                                                                  "recursively; default: the current one).",
                                                             metavar="[RUNS_DIR]...")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free port; the log says which).")] = 7860,
+    port: Port = 7860,
     allow_launch: Annotated[bool, typer.Option("--allow-launch", help="Let the page start, stop and resume runs "
                                                                       "(off by default).")] = False,
     debug: Debug = False,
@@ -69,14 +72,16 @@ def distill(
     unlabelled: Annotated[Optional[str], typer.Option(help="Texts (a .txt, one a line, or a file with a text "
                                                            "column) the teacher labels, added to the training rows.")]
     = None,
-    alpha: Annotated[Optional[float], typer.Option(help="Weight of the distillation term (distill.alpha).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softening temperature (distill.temperature).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Weight of the distillation term (distill.alpha).",
+                                                   callback=number(low=0, high=1))] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Softening temperature (distill.temperature).",
+                                                         callback=number(above=0))] = None,
     method: Annotated[Optional[str], typer.Option(help="How the student trains (default: full).")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Passes over the training data.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Examples per forward pass.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    epochs: Epochs = None,
+    max_steps: MaxSteps = None,
+    lr: Lr = None,
+    batch_size: TrainBatch = None,
+    seed: Seed = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted distillation run.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and the final summary only.")] = False,
@@ -100,21 +105,25 @@ def prune(
     run: Annotated[str, typer.Argument(help="A finished cls or tag run dir.")],
     output: Annotated[Optional[str], typer.Option(help="Run directory to write (the pruned model).")] = None,
     ffn: Annotated[float, typer.Option(help="Share of each layer's feed-forward neurons to remove (the same count "
-                                            "in every layer).")] = 0.0,
-    layers: Annotated[int, typer.Option(help="Whole layers to remove (the least important).")] = 0,
+                                            "in every layer).", callback=number(low=0, below=1))] = 0.0,
+    layers: Annotated[int, typer.Option(help="Whole layers to remove (the least important).",
+                                        callback=bounded(0))] = 0,
     heads: Annotated[Optional[float], typer.Option(help="Attention heads: refused, with the reason.")] = None,
-    samples: Annotated[int, typer.Option(help="Training rows the importance is measured on.")] = 256,
+    samples: Annotated[int, typer.Option(help="Training rows the importance is measured on.",
+                                         callback=bounded(1))] = 256,
     distil: Annotated[bool, typer.Option("--distil", help="Recover by distillation from the unpruned run.")] = False,
     gradual: Annotated[bool, typer.Option("--gradual", help="Remove the --layers one at a time, each stage "
                                                             "recovered (with --distil: distilled from the stage "
                                                             "before); --ffn goes with the last.")] = False,
     epochs: Annotated[Optional[float], typer.Option(help="Recovery passes over the training data (default 1, at "
-                                                            "least 300 optimizer steps).")]
+                                                            "least 300 optimizer steps).", callback=number(above=0))]
     = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Recovery: stop after N optimizer steps.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Recovery learning rate (default: full fine-tuning's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Examples per forward pass.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Recovery: stop after N optimizer steps.",
+                                                     callback=bounded(1))] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Recovery learning rate (default: full fine-tuning's).",
+                                                callback=number(above=0))] = None,
+    batch_size: TrainBatch = None,
+    seed: Seed = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run dir.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and the final summary only.")] = False,
     set_: Sets = None,

@@ -11,10 +11,37 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from ftkit.errors import RunStopped, UsageError, first_line
 
-app = typer.Typer(help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, "
+class _Commands(TyperGroup):
+    """ftkit's command group: a usage error click finds (a bad or missing option value, an unknown option or
+    command) is one line on stderr with exit 2, as ftkit's own usage errors are, naming the command and the
+    option."""
+
+    def make_context(self, *args, **kwargs):  # ftkit's own options (`ftkit --bogus`)
+        return _one_line_errors(super().make_context, *args, **kwargs)
+
+    def invoke(self, ctx):  # a command's arguments and options, and the command's name
+        return _one_line_errors(super().invoke, ctx)
+
+
+def _one_line_errors(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except typer.BadParameter.__base__ as e:  # click's UsageError (typer 0.29 vendors click; no public name)
+        if type(e).__name__ != "NoArgsIsHelpError":  # plain `ftkit`: the help, as it is
+            e.show = functools.partial(_one_line, e)
+        raise
+
+
+def _one_line(e, file=None) -> None:
+    where = e.ctx.command_path if e.ctx is not None else "ftkit"
+    typer.echo(f"error: {where}: {e.format_message()} (see `{where} -h`)", err=True)
+
+
+app = typer.Typer(cls=_Commands, help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, "
                        "masked-LM pre-training.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain click help: rendering it through rich costs ~0.1 s per call
@@ -36,6 +63,31 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 
+def bounded(low: float | None = None, high: float | None = None, *, above: float | None = None,
+            below: float | None = None, what: str = "an integer"):
+    """An option callback that refuses a number outside [low, high] (or the open (above, below)) as the option is
+    parsed — before anything loads — with exit 2 and a message naming the option: ``typer.Option(callback=bounded(1))``
+    for "an integer >= 1"."""
+    parts = [f">= {low}" if low is not None else None, f"> {above}" if above is not None else None,
+             f"<= {high}" if high is not None else None, f"< {below}" if below is not None else None]
+    expected = f"{what} {' and '.join(p for p in parts if p)}"
+
+    def check(value):
+        if value is None:
+            return value
+        if ((low is not None and value < low) or (above is not None and value <= above)
+                or (high is not None and value > high) or (below is not None and value >= below)):
+            raise typer.BadParameter(f"got {value:g}, expected {expected}")
+        return value
+
+    return check
+
+
+def number(**limits):
+    """``bounded`` for a real number."""
+    return bounded(what="a number", **limits)
+
+
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.lr=1e-4 "
                                                                   "(repeatable; highest precedence).")]
@@ -43,7 +95,18 @@ TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task family (cls
                                                                 "run or the model's architecture.")]
 QuantOpt = Annotated[Optional[str], typer.Option(help="Load the frozen weights as none, 8bit or 4bit for inference "
                                                        "(4bit works on CPU too). Default: as the run was trained.")]
-MaxNew = Annotated[Optional[int], typer.Option(help="gen: tokens to generate (task.max_new_tokens).")]
+MaxNew = Annotated[Optional[int], typer.Option(help="gen: tokens to generate (task.max_new_tokens).",
+                                                callback=bounded(1))]
+Port = Annotated[int, typer.Option(help="Port (0: any free port; the log says which).", callback=bounded(0, 65535))]
+# the training settings distill and prune share with train (their config fields check them again, naming the key)
+Epochs = Annotated[Optional[float], typer.Option(help="Passes over the training data.", callback=number(above=0))]
+MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps.", callback=bounded(1))]
+Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the method's).",
+                                             callback=number(above=0))]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed.", callback=bounded(0))]
+
+BatchSize = Annotated[int, typer.Option(help="Examples per forward pass.", callback=bounded(1))]
+TrainBatch = Annotated[Optional[int], typer.Option(help="Examples per forward pass.", callback=bounded(1))]
 
 
 def gen_sets(max_new_tokens: Optional[int]) -> list[str]:

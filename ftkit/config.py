@@ -224,6 +224,7 @@ def validate(cfg: Config) -> None:
     _check(t.min_steps >= 0, "train.min_steps", t.min_steps, "an integer >= 0")
     _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a number > 0")
     _check(t.batch_size > 0, "train.batch_size", t.batch_size, "an integer > 0")
+    _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 2**32)")  # numpy's and torch's range
     _check(t.grad_accum > 0, "train.grad_accum", t.grad_accum, "an integer > 0")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
     _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "a number in [0, 1)")

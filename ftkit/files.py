@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from ftkit.errors import UsageError
@@ -25,6 +26,12 @@ def check_writable(path, flag: str, directory: bool = False) -> Path:
         raise UsageError(f"{flag} {path}: {existing} is a file, so nothing can be written under it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: cannot write under {existing} (permission denied)")
+    try:  # what root's permissions, a read-only mount or a pseudo file system (/proc) would refuse only later
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".ftkit-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write under {existing} ({e.strerror or e})") from None
     return path
 
 

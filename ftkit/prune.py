@@ -35,10 +35,6 @@ def prune(run: str, output: str | None, *, ffn: float = 0.0, layers: int = 0, he
         raise UsageError(f"{run}: not a finished ftkit run dir")
     if not output:
         raise UsageError("no run directory: pass --output RUN_DIR")
-    if not 0 <= ffn < 1:
-        raise UsageError(f"--ffn: got {ffn}, expected the share of feed-forward neurons to remove, in [0, 1)")
-    if layers < 0 or samples < 1:
-        raise UsageError(f"--layers {layers} / --samples {samples}: expected --layers >= 0 and --samples >= 1")
     if ffn == 0 and layers == 0:
         raise UsageError("nothing to prune: give --ffn SHARE and/or --layers N")
     if gradual and layers == 0:
@@ -159,6 +155,6 @@ def scoring_batches(loaded, samples: int, batch_size: int = 16) -> list[dict]:
     rows = rows[:samples]
     targets = task.targets(table, cfg, model_labels(loaded.model))
     enc = task.encode(loaded.tokenizer, table, cfg, loaded.model.config)
-    feats = task.features(enc, targets, rows, cfg, training=False)
+    feats = task.features(enc, targets, rows, cfg, training=True)  # as the run trained: the loss it learnt
     collate = task.collator(loaded.tokenizer, cfg)
     return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]

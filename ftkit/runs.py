@@ -39,6 +39,8 @@ def locate(name: str, task_name: str | None = None) -> Target:
     from ftkit.onnx_export import META, onnx_file
     from ftkit.tasks import TASKS
 
+    if task_name is not None:
+        TASKS.get(task_name)  # an unknown name is refused as such, whatever the target
     if file := onnx_file(name):
         if not (file.parent / META).is_file():
             raise UsageError(f"{file}: not from `ftkit export --format onnx` (no {META} beside it)")
@@ -52,7 +54,10 @@ def locate(name: str, task_name: str | None = None) -> Target:
         if not (path / "metrics.json").is_file():
             raise UsageError(f"{path}: training did not finish in this run dir (no metrics.json); nothing to load")
         cfg = config_mod.build(config_mod.load_yaml(path / "ftkit.yaml"))
-        task_name = task_name or cfg.task_name
+        if task_name not in (None, cfg.task_name):
+            raise UsageError(f"--task {task_name}: {path} is a {cfg.task_name} run (its model and data are "
+                             f"{cfg.task_name}'s); leave --task out or give --task {cfg.task_name}")
+        task_name = cfg.task_name
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: not a run dir or Hugging Face checkpoint (no config.json)")
     return Target(path, TASKS.get(task_name or _task_from_architecture(path)), cfg)
@@ -107,6 +112,9 @@ def load_trained(name: str | Target, task_name: str | None = None, quant: str | 
 
         accept_past_key_values(model)  # prefix tuning on transformers >= 5.24 (a no-op for other adapters)
         model = PeftModel.from_pretrained(model, path)
+        from ftkit.compat import generate_with_virtual_tokens
+
+        generate_with_virtual_tokens(model)  # prefix/prompt tuning's generation on transformers >= 5.24
         if cfg is not None:
             METHODS.get(cfg.method_name).prepare_loaded(model)
     model.eval()

@@ -60,8 +60,6 @@ def plan_trials(params: dict[str, list[str]], strategy: str, trials: int | None,
     combinations drawn with ``seed`` (default 8, at most all of them)."""
     if strategy not in STRATEGIES:
         raise UsageError(f"--strategy {strategy}: expected grid or random")
-    if trials is not None and trials < 1:
-        raise UsageError(f"--trials {trials}: expected an integer >= 1")
     combos = [dict(zip(params, values)) for values in itertools.product(*params.values())]
     if strategy == "random":
         return random.Random(seed).sample(combos, min(trials or 8, len(combos)))

@@ -90,7 +90,8 @@ def test_tags_and_tokens_of_different_lengths(tiny_model, tmp_path):
 CONFIG_CASES = [
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys:"),
     (["--set", "train.batch_size=many"], "config key 'train.batch_size': expected an integer, got 'many'"),
-    (["--lr", "-1"], "config key 'train.lr': got -1.0, expected a number > 0"),
+    (["--lr", "-1"], "Invalid value for '--lr': got -1, expected a number > 0"),
+    (["--set", "train.lr=-1"], "config key 'train.lr': got -1.0, expected a number > 0"),
     (["--set", "method.r=0"], "config key 'method.r': got 0, expected an integer >= 1"),
     (["--max-length", "100"], "config key 'data.max_length': got 100, but"),  # the tiny model has 64 positions
     (["--method", "prompt", "--max-length", "64"], "got 64, but {model} has 64 positions, 20 of them taken by the "
@@ -373,3 +374,90 @@ def test_a_read_only_parent_is_refused(tiny_model, sentiment, tmp_path):
         assert result.exit_code == 2 and "(permission denied)" in result.output
     finally:
         parent.chmod(0o755)
+
+
+# --------------------------------------------------------------------------------------------- every verb's numbers
+# (verb, the arguments it needs to get as far as its options, option, a bad value): every numeric option of every
+# command has a row (test_every_numeric_option_has_a_row), so a new option is covered by adding one
+BAD_NUMBERS = [
+    *[("train", [], opt, bad) for opt, bad in (("--epochs", "0"), ("--max-steps", "0"), ("--lr", "0"),
+                                                 ("--batch-size", "0"), ("--grad-accum", "0"), ("--max-length", "0"),
+                                                 ("--seed", "-1"))],
+    ("eval", ["RUN", "--data", "d.csv"], "--batch-size", "0"),
+    ("eval", ["RUN", "--data", "d.csv"], "--max-new-tokens", "0"),
+    ("predict", ["RUN", "--text", "good"], "--batch-size", "-1"),
+    ("predict", ["RUN", "--text", "good"], "--max-new-tokens", "-5"),
+    ("sweep", ["cls-lora", "--param", "lr=1e-3", "--output", "S"], "--trials", "0"),
+    ("sweep", ["cls-lora", "--param", "lr=1e-3", "--output", "S"], "--seed", "-1"),
+    ("info", [], "--batch-size", "0"),
+    ("info", [], "--max-length", "-3"),
+    *[("serve", ["RUN"], opt, bad) for opt, bad in (("--port", "70000"), ("--port", "-1"), ("--max-batch", "0"),
+                                                      ("--max-wait-ms", "-1"), ("--max-queue", "0"),
+                                                      ("--max-input-chars", "0"))],
+    ("ui", [], "--port", "65536"),
+    *[("distill", ["RUN"], opt, bad) for opt, bad in (("--alpha", "1.5"), ("--alpha", "-0.1"), ("--temperature", "0"),
+                                                        ("--epochs", "-1"), ("--max-steps", "0"), ("--lr", "-1e-3"),
+                                                        ("--batch-size", "0"), ("--seed", "-2"))],
+    *[("prune", ["RUN"], opt, bad) for opt, bad in (("--ffn", "1"), ("--ffn", "-0.1"), ("--layers", "-1"),
+                                                      ("--samples", "0"), ("--epochs", "0"), ("--max-steps", "0"),
+                                                      ("--lr", "0"), ("--batch-size", "0"), ("--seed", "-1"))],
+]
+UNBOUNDED = {("prune", "--heads")}  # refused whatever its value, with the reason (tested in test_prune.py)
+
+
+@pytest.mark.parametrize("verb, args, option, bad", BAD_NUMBERS, ids=[f"{v} {o} {b}" for v, _, o, b in BAD_NUMBERS])
+def test_a_number_out_of_range_is_refused_as_it_is_parsed(verb, args, option, bad, monkeypatch, tmp_path):
+    """Refused before anything is read or loaded (RUN does not even exist), in one line naming the option."""
+    import ftkit.runs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ftkit.runs, "locate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("located")))
+    result = run_cli(verb, *args, option, bad)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}': got {float(bad):g}, expected" in result.output, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith(f"error: root {verb}: "), result.output
+
+
+def test_every_numeric_option_has_a_row():
+    import typing
+
+    import typer.main
+
+    from ftkit.cli import app
+
+    numeric = set()
+    for verb, command in typer.main.get_command(app).commands.items():
+        for param in command.params:
+            kinds = set(typing.get_args(param.type_descriptor.annotation)) | {param.type_descriptor.annotation}
+            if kinds & {int, float} and param.opts[0].startswith("--"):
+                numeric.add((verb, param.opts[0]))
+    assert numeric - UNBOUNDED == {(verb, option) for verb, _, option, _ in BAD_NUMBERS}
+
+
+def test_click_usage_errors_are_one_line():
+    for args, message in ((["eval", "RUN", "--data", "d", "--bogus"], "error: root eval: No such option: --bogus"),
+                          (["trian"], "error: root: No such command 'trian'. Did you mean 'train'?"),
+                          (["eval"], "error: root eval: Missing argument 'run'."),
+                          (["eval", "RUN", "--data", "d", "--batch-size", "many"], "error: root eval: Invalid value for '--batch-size'")):
+        result = run_cli(*args)
+        assert result.exit_code == 2 and result.output.startswith(message), result.output
+        assert result.output.count("\n") == 1, result.output
+
+
+def test_a_task_that_does_not_match_the_run_is_refused(tiny_model, sentiment, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "2")).exit_code == 0
+    tags = tmp_path / "tags.jsonl"
+    tags.write_text(json.dumps({"tokens": ["mary", "was", "here"], "tags": ["B-PER", "O", "O"]}) + "\n")
+    for verb in (["eval", out, "--data", tags], ["predict", out, "--text", "good"]):
+        result = run_cli(*verb, "--task", "tag")
+        assert result.exit_code == 2, result.output
+        assert f"--task tag: {out} is a cls run" in result.output and "Traceback" not in result.output
+    result = run_cli("eval", out, "--data", sentiment["train"], "--set", "task.problem=regression")
+    assert result.exit_code == 2 and "the model was trained for single_label" in result.output, result.output
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tiny_model, sentiment, tmp_path):
+    """Where the permission bits say yes but the file system says no (root on /proc, a read-only mount)."""
+    result = run_cli("eval", tiny_model, "--task", "cls", "--data", sentiment["train"], "--output", "/proc/m.json")
+    assert result.exit_code == 2 and "--output /proc/m.json: cannot write under /proc" in result.output, result.output

@@ -161,9 +161,9 @@ def test_bad_input_is_refused(run, tiny_model, tmp_path, cli, monkeypatch):
 
     monkeypatch.setattr(ftkit.runs, "load_trained", never)
     cases = [(["--ffn", "0.3", "--set", "train.max_steps=-2"], "train.max_steps"),
-             (["--ffn", "0.3", "--epochs", "0"], "train.epochs"),
+             (["--ffn", "0.3", "--epochs", "0"], "'--epochs': got 0, expected a number > 0"),
              (["--heads", "0.5", "--ffn", "0.2"], "attention heads are not pruned"),
-             (["--layers", "2"], "remove 0 to 1"), (["--ffn", "1.0"], "in [0, 1)"),
+             (["--layers", "2"], "remove 0 to 1"), (["--ffn", "1.0"], "'--ffn': got 1, expected a number >= 0 and < 1"),
              ([], "nothing to prune"), (["--ffn", "0.3", "--samples", "0"], "--samples"),
              (["--ffn", "0.3", "--gradual"], "give --layers N")]
     for extra, message in cases:

@@ -261,7 +261,7 @@ def test_overload_disconnect_and_sigterm(runs):
 def test_bad_arguments_fail_before_binding(runs, tmp_path, cli):
     for args, message in ((["serve", tmp_path / "none"], "no such model directory"),
                           (["serve", runs["cls_a"], f"cls_a={runs['cls_b']}"], "two models are named 'cls_a'"),
-                          (["serve", runs["cls_a"], "--max-batch", "0"], "--max-batch: got 0"),
+                          (["serve", runs["cls_a"], "--max-batch", "0"], "'--max-batch': got 0"),
                           (["serve", runs["cls_a"], "--port", "70000"], "--port")):
         result = cli(*args)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

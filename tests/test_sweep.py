@@ -114,7 +114,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(recipe, tmp_path):
     (["--param", "lr=-1,1e-3"], "trial 0 (train.lr=-1): config key 'train.lr': got -1"),
     (["--param", "lr=1e-3", "--param", "train.lr=1e-2"], "train.lr is given twice"),
     (["--param", "lr=1e-3", "--strategy", "bayes"], "--strategy bayes: expected grid or random"),
-    (["--param", "lr=1e-3", "--trials", "0"], "--trials 0: expected an integer >= 1"),
+    (["--param", "lr=1e-3", "--trials", "0"], "Invalid value for '--trials': got 0, expected an integer >= 1"),
 ])
 def test_bad_sweeps_are_refused_before_any_trial(recipe, tmp_path, args, expected):
     out = tmp_path / "sweep"

@@ -17,12 +17,7 @@ def serve(specs: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_ke
     """Serve ``specs`` (RUN or NAME=RUN) until SIGTERM or Ctrl-C; returns once in-flight requests are answered."""
     from ftkit.serve.pool import parse
 
-    for flag, value, least in (("--max-batch", max_batch, 1), ("--max-queue", max_queue, 1),
-                               ("--max-input-chars", max_input_chars, 1)):
-        if value < least:
-            raise UsageError(f"{flag}: got {value}, expected {least} or more")
-    if max_wait_ms < 0:
-        raise UsageError(f"--max-wait-ms: got {max_wait_ms}, expected 0 or more")
+    # the numbers' ranges are checked as the command's options are parsed (cli_after.serve)
     check_available("serve")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers run on the one inference thread
     served = parse(specs, task)  # bad RUN arguments fail here, before anything binds or loads
