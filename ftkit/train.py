@@ -99,7 +99,8 @@ def encode_cached(task, tokenizer, model_config, table: Table, spec, cfg) -> dic
     """Tokenize a whole table once; reused from the cache by later runs on the same data and tokenizer."""
     from ftkit.cache import cached_encodings
 
-    key = {"data": fingerprint(spec), "task": task.name, "task_params": cfg.task, "columns": cfg.data.columns,
+    # "layout": bumped when a task's encoding changes shape, so older cache entries are not read as new ones
+    key = {"layout": 2, "data": fingerprint(spec), "task": task.name, "task_params": cfg.task, "columns": cfg.data.columns,
            "format": cfg.data.format, "max_length": cfg.data.max_length,
            "seq2seq": bool(getattr(model_config, "is_encoder_decoder", False)),
            "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
@@ -132,6 +133,8 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
 
     # Data first: a bad row should fail in a second, not after the model has loaded.
     train_table, origin = read_training(cfg.data.train)
+    cfg, data_note = task.from_data(cfg, train_table)
+    config_mod.validate(cfg)  # the settings the data decided, checked with the rest
     task.check(train_table, cfg)
     labels = task.label_space(train_table, cfg)
     if cfg.distill.teacher:  # the student answers in the teacher's label set
@@ -150,6 +153,7 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
         train_idx, eval_idx = held_out_split(train_table, cfg.data.eval_fraction, cfg.train.seed)
     # shown once the reporter exists: on the main process only, respecting --quiet
     train_idx, augmented, data_notes = training_rows(task, cfg, train_table, train_targets, train_idx, origin)
+    data_notes[:0] = [data_note] if data_note else []
     if len(train_idx) < cfg.train.batch_size:
         raise UsageError(f"{spec_name(cfg.data.train)}: {len(train_idx)} training rows are fewer than one batch "
                          f"(train.batch_size {cfg.train.batch_size}); lower --batch-size or add data")

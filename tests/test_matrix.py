@@ -124,7 +124,7 @@ def test_shipped_recipe_trains_on_a_tiny_model(name, data_for, tmp_path):
 
     cfg = config.resolve(recipes.find(name), {}, [])
     model, data, _ = data_for[cfg.task_name]
-    kind = cfg.task.get("problem", "single_label")
+    kind = cfg.task.get("problem") or "single_label"
     if kind != "single_label":  # the sentiment rows' labels as the recipe's kind of problem wants them
         as_kind = {"regression": lambda y: 1.0 if y == "positive" else -1.0, "multi_label": lambda y: [y]}[kind]
         data = {split: write_rows(tmp_path / f"{split}.jsonl", [r | {"label": as_kind(r["label"])} for r in

@@ -210,6 +210,27 @@ def test_regression_metrics_equal_scipy_and_scikit_learn():
     assert regression_metrics(np.zeros(5), np.arange(5.0))["pearson"] == 0.0  # constant output: no NaN
 
 
+def test_labels_that_are_lists_mean_multi_label(tiny_model, topics, tmp_path):
+    """A list can only mean several classes per row: task.problem left unset becomes multi_label, saying so; numbers
+    stay class ids and strings one class each (a delimited string needs task.problem=multi_label)."""
+    lists = write_rows(tmp_path / "lists.jsonl", topic_rows(64, 3, as_list=True))
+    out = tmp_path / "r"
+    result = run_cli("train", "--model", tiny_model, "--data", lists, "--output", out, "--max-steps", "2",
+                     "--batch-size", "8", "--max-length", "32")
+    assert result.exit_code == 0, result.output
+    assert "lists.jsonl: line 1 has a list of labels, so task.problem is multi_label" in result.output
+    import yaml
+
+    saved = yaml.safe_load((out / "ftkit.yaml").read_text())["task"]
+    assert saved["problem"] == "multi_label"
+    assert json.loads((out / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    for name, label in (("strings", lambda i: ["pos,neg", "place"][i % 2]), ("numbers", lambda i: i % 2)):
+        data = write_rows(tmp_path / f"{name}.jsonl", [{"text": r["text"], "label": label(i)} for i, r in
+                                                       enumerate(topic_rows(32, 4, as_list=True))])
+        dry = run_cli("train", "--model", tiny_model, "--data", data, "--dry-run", "--batch-size", "8")
+        assert dry.exit_code == 0 and "problem: single_label" in dry.output, dry.output
+
+
 def test_dry_run_counts_multi_label_classes(tiny_model, topics, tmp_path):
     result = run_cli(*train_args(tiny_model, topics, tmp_path / "r", "--dry-run", "--set", "task.problem=multi_label"))
     assert result.exit_code == 0, result.output
@@ -223,8 +244,9 @@ def test_dry_run_counts_multi_label_classes(tiny_model, topics, tmp_path):
      "line 2: label 'x' is not a number (task.problem=regression)"),
     ([{"text": "good", "label": "1.5"}, {"text": "bad", "label": "1e400"}], ["task.problem=regression"],
      "line 2: label '1e400' is not a finite number (task.problem=regression)"),
-    ([{"text": "good", "label": ["a"]}, {"text": "bad", "label": ["b"]}], [],
-     "line 1: the label is a list ['a']; for several classes per row set --set task.problem=multi_label"),
+    ([{"text": "good", "label": ["a"]}, {"text": "bad", "label": ["b"]}], ["task.problem=single_label"],
+     "line 1: the label is a list ['a'], but task.problem is single_label; for several classes per row leave "
+     "task.problem unset or set it to multi_label"),
     ([{"text": "good", "label": 1.5}, {"text": "bad", "label": 2}], [],
      "line 1: label 1.5 is not a class name or an integer; for a number to predict set --set task.problem=regression"),
     ([{"text": "good", "label": 2.0}, {"text": "bad", "label": 2}], ["task.problem=regression"],

@@ -65,9 +65,30 @@ def test_truncation_is_counted(tiny_model):
     notes = []
     feats = TAG.features(TAG.encode(tok, table, cfg, None), TAG.targets(table, cfg, ["O"]), [0, 1], cfg,
                          training=True, notes=notes)
-    assert len(feats[0]["input_ids"]) == 8
-    assert notes == ["note: 1 of 2 sentences are longer than data.max_length=8 tokens and were cut (their last "
-                     "words are not scored)"]
+    assert len(feats) == 2 and len(feats[0]["input_ids"]) == 8
+    assert notes == ["note: 1 of 2 training sentences are longer than data.max_length=8 tokens and were cut (their "
+                     "last words are not trained on; evaluation reads every word)"]
+    # evaluation: the long sentence in windows of at most 8 tokens (specials included), every word labelled once
+    evals = TAG.features(TAG.encode(tok, table, cfg, None), TAG.targets(table, cfg, ["O"]), [0, 1], cfg,
+                         training=False)
+    windows = [f for f in evals[:-1]]
+    assert [f["window"] for f in evals] == list(range(len(windows))) + [0] and len(windows) == 4  # 20 words / 6
+    assert all(len(f["input_ids"]) <= 8 for f in windows) and windows[0]["input_ids"] == feats[0]["input_ids"]
+    assert sum(label != IGNORE for f in windows for label in f["labels"]) == 20
+
+
+def test_a_word_split_across_windows_is_labelled_once(tiny_model):
+    """A word whose sub-tokens run from one window into the next is scored at its first sub-token only."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    table = Table("t", {"tokens": [["the", "film", "was", "film", "xyz", "good"]],
+                        "tags": [["O", "O", "O", "O", "B-LOC", "O"]]})
+    cfg = _cfg(label_all_subtokens=True)  # [CLS] the film was film x ##y [SEP] | [CLS] ##z good [SEP]
+    enc = TAG.encode(tok, table, cfg, None)
+    assert enc["windows"] == [[8, 4]]
+    feats = TAG.features(enc, TAG.targets(table, cfg, ["B-LOC", "O"]), [0], cfg, training=False)
+    assert [f["labels"] for f in feats] == [[IGNORE, 1, 1, 1, 1, 0, IGNORE, IGNORE], [IGNORE, IGNORE, 1, IGNORE]]
 
 
 def test_scheme_detection():
@@ -81,9 +102,17 @@ def test_metrics_on_hand_computed_example():
     import numpy as np
 
     labels = ["B-LOC", "B-PER", "I-PER", "O"]
-    ref = np.array([IGNORE, 1, 2, 3, 0, IGNORE])
+    ref = np.array([0, IGNORE, 1, 2, 3, 0, IGNORE])  # the window's number (eval_batch), then the labels
     pred = np.array([3, 1, 2, 3, 3, 0])  # misses the location; positions with IGNORE refs are not scored
     m = TAG.metrics([pred], [ref], labels, _cfg())
+    # the same sentence in two windows (B-PER | I-PER across the edge) scores the same: joined again
+    split = TAG.metrics([pred[:2], np.array([3, 2, 3, 3, 0])],
+                        [np.array([0, IGNORE, 1]), np.array([1, IGNORE, 2, 3, 0, IGNORE])], labels, _cfg())
+    assert {k: split[k] for k in ("accuracy", "entity_f1")} == {k: m[k] for k in ("accuracy", "entity_f1")}
+    # a name cut short at the window's edge is a miss, as it is in the whole sentence (apart, both halves "match")
+    cut = TAG.metrics([np.array([3, 1]), np.array([3, 3])], [np.array([0, IGNORE, 1]), np.array([1, IGNORE, 2])],
+                      labels, _cfg())
+    assert cut["entity_f1"] == 0.0 and cut["accuracy"] == 0.5
     assert m["accuracy"] == pytest.approx(3 / 4)
     assert m["entity_precision"] == pytest.approx(1.0)
     assert m["entity_recall"] == pytest.approx(0.5)
@@ -100,7 +129,7 @@ def test_unseen_gold_tags_count_as_errors():
     from ftkit.tasks._common import UNSEEN, UNSEEN_ROW
 
     labels = ["B-LOC", "B-PER", "I-PER", "O"]
-    ref = np.array([IGNORE, 1, 2, 3, UNSEEN, 3])
+    ref = np.array([0, IGNORE, 1, 2, 3, UNSEEN, 3])
     pred = np.array([3, 1, 2, 3, 3, 3])
     m = TAG.metrics([pred], [ref], labels, _cfg())
     assert m["accuracy"] == pytest.approx(4 / 5)
@@ -206,6 +235,31 @@ def test_every_word_of_a_sentence_longer_than_max_length_is_tagged(tag_run, tmp_
     assert long_row["tokens"] == long and None not in long_row["tags"] and None not in long_row["scores"]
     assert long_row["tags"][40].startswith("B-")  # the name, in the second window
     assert batched["tags"] == alone["tags"] and batched["scores"] == pytest.approx(alone["scores"], abs=1e-4)
+
+
+def test_eval_scores_every_word_of_a_long_sentence(tag_run, tmp_path):
+    """eval reads a sentence longer than data.max_length (32 tokens here) in windows, as predict does: every word
+    is scored, and the scores are those of predict's tags, entities across a window's edge included."""
+    from conftest import FILLER
+
+    _, out = tag_run
+    long = [*(FILLER * 10)[:29], "mary", "london", *(FILLER * 10)[:30], "john", "paris", "was"]
+    gold = ["O"] * 29 + ["B-PER", "B-LOC"] + ["O"] * 30 + ["B-PER", "B-LOC", "O"]
+    short = ["mary", "was", "in", "paris"]
+    data = write_rows(tmp_path / "long.jsonl", [{"tokens": long, "tags": gold},
+                                                {"tokens": short, "tags": ["B-PER", "O", "O", "B-LOC"]}])
+    result = run_cli("eval", out, "--data", data, "--output", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert sum(c["support"] for c in metrics["per_class"].values()) == len(long) + len(short)
+    assert run_cli("predict", out, "--file", data, "--output", tmp_path / "p.jsonl").exit_code == 0
+    predicted = [json.loads(x)["tags"] for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    words = [(p, g) for tags, golds in zip(predicted, [gold, ["B-PER", "O", "O", "B-LOC"]]) for p, g in zip(tags, golds)]
+    assert metrics["accuracy"] == pytest.approx(sum(p == g for p, g in words) / len(words))
+    from ftkit.tasks.tag import entity_metrics
+
+    entities = entity_metrics([gold, ["B-PER", "O", "O", "B-LOC"]], predicted, "iob2")
+    assert metrics["entity_f1"] == pytest.approx(entities["entity_f1"])
 
 
 def test_run_curves_and_confusion_image(tiny_model, ner, tmp_path):

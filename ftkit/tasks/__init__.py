@@ -59,6 +59,11 @@ class Task:
         export, which carry no ftkit.yaml). Default: nothing to add."""
         return cfg
 
+    def from_data(self, cfg, table):
+        """``cfg`` completed with the task settings the training data decides when the user left them unset (cls:
+        lists of labels mean multi-label) -> (cfg, a note for the log or None). Default: nothing to decide."""
+        return cfg, None
+
     def saved_config(self, config, metrics: dict, cfg) -> None:
         """Write into the finished run's model config what eval/predict/serve need from training (``metrics``: the
         best evaluation's). Default: nothing."""

@@ -36,9 +36,11 @@ class ClsParams:
     baseline: bool = field(default=True, metadata={
         "help": "Also fit a TF-IDF + logistic regression baseline on the same split (seconds, before training) and "
                 "report it beside the model's held-out metrics: summary, metrics.json, model card."})
-    problem: str = field(default="single_label", metadata={
+    problem: str | None = field(default=None, metadata={
         "help": "single_label (one class per row), multi_label (a list of classes per row: sigmoid + binary "
-                "cross-entropy) or regression (a number per row: mean squared error)."})
+                "cross-entropy) or regression (a number per row: mean squared error). Unset: multi_label when the "
+                "training labels are lists (JSON/Parquet), else single_label; numbers stay class ids unless "
+                "regression is set."})
     label_separator: str = field(default=",", metadata={
         "help": "multi_label: what separates the classes of a label written as one string (e.g. sports,politics); "
                 "labels given as lists need none."})
@@ -59,7 +61,7 @@ class ClsParams:
 
 
 def problem(cfg) -> str:
-    return cfg.task.get("problem", "single_label")
+    return cfg.task.get("problem") or "single_label"
 
 
 @TASKS.register("cls")
@@ -79,12 +81,13 @@ class Classification(LabelledTask):
     # ------------------------------------------------------------------ settings
     def validate(self, cfg) -> None:
         kind = problem(cfg)
-        if kind not in PROBLEMS:
+        if cfg.task.get("problem") is not None and kind not in PROBLEMS:
             raise UsageError(f"config key 'task.problem': got {kind!r}, expected {' or '.join(PROBLEMS)}")
         threshold = cfg.task.get("threshold")
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
             raise UsageError(f"config key 'task.threshold': got {threshold!r}, expected a number in (0, 1)")
-        if kind != "multi_label" and (threshold is not None or cfg.task["tune_threshold"]):
+        if kind != "multi_label" and (threshold is not None or cfg.task["tune_threshold"]) and \
+                cfg.task.get("problem") is not None:  # unset: the labels may still make it multi-label
             raise UsageError(f"config key 'task.{'threshold' if threshold is not None else 'tune_threshold'}': "
                              f"a multi-label setting; task.problem is {kind}")
         if not cfg.task["label_separator"]:
@@ -108,11 +111,28 @@ class Classification(LabelledTask):
         ftkit.yaml; its head and loss follow it), and its tuned threshold unless --set gives one."""
         kind = {v: k for k, v in PROBLEMS.items()}.get(getattr(model_config, "problem_type", None))
         task = dict(cfg.task)
+        if kind and task.get("problem") not in (None, kind):
+            raise UsageError(f"config key 'task.problem': got {task['problem']!r}, but the model was trained for "
+                             f"{kind} (its head and loss are set by training)")
         if kind:
             task["problem"] = kind
         if task.get("threshold") is None and getattr(model_config, THRESHOLD_KEY, None) is not None:
             task["threshold"] = float(getattr(model_config, THRESHOLD_KEY))
         return dataclasses.replace(cfg, task=task)
+
+    def from_data(self, cfg, table: Table):
+        """task.problem left unset is decided by the training labels: a list can only mean several classes per row
+        (multi_label); anything else is single_label (numbers are class ids unless regression is set)."""
+        if cfg.task.get("problem") is not None:
+            return cfg, None
+        values = self._values(table, cfg)
+        first = next((i for i, v in enumerate(values) if isinstance(v, (list, tuple))), None)
+        kind = "single_label" if first is None else "multi_label"
+        cfg = dataclasses.replace(cfg, task={**cfg.task, "problem": kind})
+        if first is None:
+            return cfg, None
+        return cfg, (f"note: {table.locate(first)} has a list of labels, so task.problem is multi_label (several "
+                     "classes per row; --set task.problem=single_label refuses lists)")
 
     def config_overrides(self, labels: list[str], cfg=None) -> dict:
         return label_config(labels) | ({"problem_type": PROBLEMS[problem(cfg)]} if cfg is not None else {})
@@ -142,8 +162,8 @@ class Classification(LabelledTask):
         names, first_of = set(), {}  # first_of: the first row of each kind of value; numbers and text must not mix
         for i, v in enumerate(self._values(table, cfg)):
             if isinstance(v, (list, tuple)):
-                raise UsageError(f"{table.locate(i)}: the label is a list {v!r}; for several classes per row set "
-                                 "--set task.problem=multi_label")
+                raise UsageError(f"{table.locate(i)}: the label is a list {v!r}, but task.problem is single_label; "
+                                 "for several classes per row leave task.problem unset or set it to multi_label")
             if isinstance(v, float) and not v.is_integer():
                 raise UsageError(f"{table.locate(i)}: label {v!r} is not a class name or an integer; for a number "
                                  "to predict set --set task.problem=regression")

@@ -2,7 +2,8 @@
 
 Words are split into sub-tokens by the fast tokenizer; its ``word_ids`` align them: the word's tag goes on its
 first sub-token and -100 (ignored by the loss) on the rest, unless ``task.label_all_subtokens``. Evaluation always
-scores one prediction per word (the first sub-token's)."""
+scores one prediction per word (the first sub-token's), every word of a sentence longer than data.max_length
+included (read in windows, as predict reads it); training reads a sentence's first data.max_length tokens."""
 
 from __future__ import annotations
 
@@ -89,28 +90,51 @@ class Tagging(LabelledTask):
         return [[ids.get(t, UNSEEN) for t in sent] for sent in self._tags(table, cfg)]
 
     def encode(self, tokenizer, table: Table, cfg, model_config) -> dict[str, list[list[int]]]:
+        """Each sentence in windows of at most data.max_length tokens (the first is what truncation gives), kept
+        per sentence as the windows one after another plus their lengths (``windows``): training reads the first
+        window, evaluation all of them, so that every word is scored."""
         words = self.words(table, cfg)
-        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length)
-        # word index per sub-token (-1 for special tokens), kept with the encoding so labels can be aligned later
-        word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(words))]
-        return {"input_ids": enc["input_ids"], "word_ids": word_ids,
-                **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {})}
+        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=cfg.data.max_length,
+                        return_overflowing_tokens=True)
+        out: dict[str, list[list[int]]] = {"input_ids": [[] for _ in words], "word_ids": [[] for _ in words],
+                                           "windows": [[] for _ in words]}
+        typed = "token_type_ids" in enc
+        if typed:
+            out["token_type_ids"] = [[] for _ in words]
+        for k, row in enumerate(enc["overflow_to_sample_mapping"]):
+            ids = enc["input_ids"][k]
+            out["input_ids"][row] += ids
+            # word index per sub-token (-1 for special tokens), kept so labels can be aligned later
+            out["word_ids"][row] += [-1 if w is None else w for w in enc.word_ids(k)]
+            out["windows"][row].append(len(ids))
+            if typed:
+                out["token_type_ids"][row] += enc["token_type_ids"][k]
+        return out
 
     def features(self, enc: dict, targets: list[list[int]], idx: list[int], cfg, training: bool,
                  notes: list[str] | None = None) -> list[dict]:
+        """Training: each sentence's first window (a longer sentence's last words are cut, and counted). Evaluation:
+        every window of it, a word scored once, at its first sub-token; windows after a sentence's first carry
+        ``window`` > 0, which eval_batch and metrics use to score the sentence whole."""
         all_subtokens = training and cfg.task["label_all_subtokens"]
+        keys = [k for k in enc if k not in ("word_ids", "windows")]
         out, truncated = [], 0
         for i in idx:
-            word_ids, tags = enc["word_ids"][i], targets[i]
-            labels, prev = [], -1
-            for w in word_ids:
-                labels.append(IGNORE if w < 0 or (w == prev and not all_subtokens) else tags[w])
-                prev = w if w >= 0 else prev
-            truncated += max(word_ids) + 1 < len(tags)
-            out.append({k: v[i] for k, v in enc.items() if k != "word_ids"} | {"labels": labels})
+            tags, start, scored = targets[i], 0, -1  # scored: the last word that has its label
+            for n, length in enumerate(enc["windows"][i][:1] if training else enc["windows"][i]):
+                word_ids, labels, prev = enc["word_ids"][i][start:start + length], [], -1
+                for w in word_ids:  # a word's sub-tokens may run on into the next window: it is labelled once
+                    labelled = w >= 0 and (w > scored or (all_subtokens and w == prev))
+                    labels.append(tags[w] if labelled else IGNORE)
+                    scored, prev = max(scored, w), w if w >= 0 else prev
+                feature = {k: enc[k][i][start:start + length] for k in keys} | {"labels": labels}
+                out.append(feature if training else feature | {"window": n})
+                start += length
+            truncated += training and len(enc["windows"][i]) > 1
         if truncated and notes is not None:
-            notes.append(f"note: {truncated} of {len(idx)} sentences are longer than data.max_length="
-                         f"{cfg.data.max_length} tokens and were cut (their last words are not scored)")
+            notes.append(f"note: {truncated} of {len(idx)} training sentences are longer than data.max_length="
+                         f"{cfg.data.max_length} tokens and were cut (their last words are not trained on; "
+                         "evaluation reads every word)")
         return out
 
     def collator(self, tokenizer, cfg):
@@ -129,23 +153,33 @@ class Tagging(LabelledTask):
         so method-specific terms stay out of it."""
         import torch.nn.functional as F
 
+        import torch
+
         labels = batch["labels"]
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "window")}).logits
         logits = real_positions(logits, labels.shape[1])
         scored = labels.masked_fill(labels == UNSEEN, IGNORE)  # a tag the head has no output for takes no loss
         nll = F.cross_entropy(logits.float().transpose(1, 2), scored, ignore_index=IGNORE, reduction="none")
-        # a sentence with no scored word has no loss (NaN: left out of the mean)
-        return nll.sum(1) / (scored != IGNORE).sum(1), logits.argmax(-1), labels
+        # a window with no scored word has no loss (NaN: left out of the mean); each window of a long sentence has
+        # its own. The references lead with the window's number (metrics joins a sentence's windows again).
+        window = batch.get("window", torch.zeros(len(labels), dtype=labels.dtype, device=labels.device))
+        refs = torch.cat([window.to(labels.dtype)[:, None], labels], 1)
+        return nll.sum(1) / (scored != IGNORE).sum(1), logits.argmax(-1), refs
 
     def metrics(self, preds, refs, labels: list[str], cfg) -> dict:
         """Token accuracy and per-tag scores over words; entity P/R/F1 (seqeval) for IOB2/IOBES tags."""
         import numpy as np
 
         seq_pred, seq_ref = [], []
-        for p, r in zip(preds, refs):
+        for p, r in zip(preds, refs):  # r: the window's number (eval_batch), then its labels
+            window, r = r[0], r[1:]
             keep = r != IGNORE
-            seq_pred.append(p[keep].tolist())
-            seq_ref.append(r[keep].tolist())
+            if window > 0 and seq_ref:  # the rest of the sentence before it
+                seq_pred[-1] += p[:len(r)][keep].tolist()
+                seq_ref[-1] += r[keep].tolist()
+            else:
+                seq_pred.append(p[:len(r)][keep].tolist())
+                seq_ref.append(r[keep].tolist())
         flat_p = np.array([x for s in seq_pred for x in s], dtype=np.int64)
         flat_r = np.array([x for s in seq_ref for x in s], dtype=np.int64)
         result = confusion_metrics(flat_p, flat_r, labels)
