@@ -124,3 +124,28 @@ def test_defaults_study_scores_every_setting_and_seed_on_an_unseen_corpus(tmp_pa
         assert f"**{name}** ({task}; held-out accuracy)" in text
     assert "TF-IDF + logistic regression on the same splits" in text  # cls only: once
     assert text.count("TF-IDF") == 1
+
+
+def test_the_readme_shows_the_recorded_figures():
+    """The README's figure blocks are what bench/figures.py renders from bench/FIGURES.json (whose demo figure
+    tests/test_real.py checks against a real run): edited by hand, or recorded without rewriting, they fail here."""
+    figures = load_bench("figures")
+    record = json.loads(figures.RECORD.read_text())
+    assert set(record) == {f.name for f in figures.FIGURES}
+    text = figures.README.read_text()
+    assert figures.rewrite(text, figures.render(record)) == text, "run `python bench/figures.py --render`"
+    for f in figures.FIGURES:
+        assert record[f.name]["command"] == "ftkit " + " ".join(f.command)
+
+
+def test_the_readme_states_what_the_lock_pins():
+    """The install section's count of pinned dependencies and the versions it names are the lock's."""
+    import re
+
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "requirements" / "lock.txt").read_text(), re.M))
+    text = (ROOT / "README.md").read_text()
+    line = re.search(r"`requirements/lock.txt` pins all (\d+) dependencies but torch \(([^)]*)\)", text, re.S)
+    assert line, "README's install section names the lock's count and versions"
+    assert int(line.group(1)) == len(pins) and "torch" not in pins
+    named = re.findall(r"([a-z][\w-]*) (\d[\w.]*)", line.group(2))
+    assert named and {name: version for name, version in named} == {name: pins[name] for name, _ in named}
