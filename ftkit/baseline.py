@@ -18,16 +18,21 @@ def name(kind: str = "single_label") -> str:
 
 
 def fit_and_score(train_texts: list[str], train_y: list, eval_texts: list[str], seed: int,
-                  kind: str = "single_label") -> tuple[list, float]:
+                  kind: str = "single_label") -> tuple[list, float] | None:
     """Predictions for ``eval_texts`` in the form the task's metrics take (label ids; 0/1 per class; numbers),
-    and the seconds taken."""
+    and the seconds taken; None when the training texts have no word to read (TF-IDF reads words of two or more
+    letters or digits: texts of emoji or single characters have none)."""
     import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression, Ridge
 
     start = time.perf_counter()
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=MAX_FEATURES)
-    x, x_eval = vectorizer.fit_transform(train_texts), vectorizer.transform(eval_texts)
+    try:
+        x = vectorizer.fit_transform(train_texts)
+    except ValueError:  # "empty vocabulary": no baseline rather than a failed run
+        return None
+    x_eval = vectorizer.transform(eval_texts)
     if kind == "regression":
         preds = Ridge(alpha=1.0, random_state=seed).fit(x, train_y).predict(x_eval).tolist()
     elif kind == "multi_label":

@@ -68,3 +68,14 @@ def test_the_baseline_can_be_turned_off(tiny_model, sentiment, tmp_path):
     assert result.exit_code == 0, result.output
     assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "tf-idf" not in result.output and "tf-idf" not in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_texts_without_a_word_train_without_a_baseline(tiny_model, tmp_path):
+    """TF-IDF finds no word in texts of single characters (scikit-learn: "empty vocabulary"); the run goes on
+    without the baseline instead of failing."""
+    rows = [{"text": t, "label": lab} for _ in range(20) for t, lab in (("a", "x"), ("b ?", "y"))]
+    path = write_rows(tmp_path / "short.jsonl", rows)
+    result = run_cli("train", "--model", tiny_model, "--data", path, "--output", tmp_path / "run", "--max-steps", "2",
+                     "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())

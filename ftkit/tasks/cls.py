@@ -241,8 +241,11 @@ class Classification(LabelledTask):
             idx = [i for i in idx if targets[i] != UNSEEN]  # a teacher's label set may lack a gold label
             if len({targets[i] for i in idx}) < 2:
                 return None
-        preds, seconds = fit_and_score(joined(table, idx), [targets[i] for i in idx], joined(eval_table, eval_idx),
-                                       cfg.train.seed, kind)
+        fitted = fit_and_score(joined(table, idx), [targets[i] for i in idx], joined(eval_table, eval_idx),
+                               cfg.train.seed, kind)
+        if fitted is None:
+            return None
+        preds, seconds = fitted
         scores = self.metrics(preds, [eval_targets[i] for i in eval_idx], labels, cfg)
         return {"method": name(kind), **{k: v for k, v in scores.items() if isinstance(v, (int, float))},
                 "seconds": round(seconds, 2)}
