@@ -86,7 +86,8 @@ def render(record: dict) -> dict[str, str]:
         f"sentences, {demo['steps']} steps; the TF-IDF baseline beside it: {demo['baseline']['value']:.4f}), "
         f"{demo['seconds']} s of training ({demo['date']}; the time varies with what else the machine runs, the "
         "accuracy does not). The first run also downloads the model and data packages, ~110 MB, once. This is one "
-        "seed and split; over three of each the defaults give 0.8233 (`bench/DEFAULTS.md`).")}
+        "seed and split; over three of each the defaults gave 0.8233 in bench/defaults.py's `scheduler` study "
+        "(2026-12-02, the lock before this one; `bench/DEFAULTS.md`).")}
     rows = ["| command | model + data | held-out result | training |", "|---|---|---|---|"]
     for figure in FIGURES:
         r = record[figure.name]

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftkit.cli_common import (Debug, Epochs, Lr, MaxSteps, Port, Seed, Sets, TaskOpt, TrainBatch, app, bounded, drop_none,
-                              guarded, number, summarise)
+from ftkit.cli_common import (Debug, Epochs, Lr, MaxSteps, Port, Seed, Sets, TaskOpt, TrainBatch, app, bounded,
+                              drop_none, guarded, number, summarise)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from ftkit.errors import RunStopped, UsageError, first_line
 
+
 class _Commands(TyperGroup):
     """ftkit's command group: a usage error click finds (a bad or missing option value, an unknown option or
     command) is one line on stderr with exit 2, as ftkit's own usage errors are, naming the command and the
@@ -41,7 +42,8 @@ def _one_line(e, file=None) -> None:
     typer.echo(f"error: {where}: {e.format_message()} (see `{where} -h`)", err=True)
 
 
-app = typer.Typer(cls=_Commands, help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, "
+app = typer.Typer(cls=_Commands,
+                  help="Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, "
                        "masked-LM pre-training.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # plain click help: rendering it through rich costs ~0.1 s per call
@@ -62,12 +64,11 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Fine-tune pretrained Hugging Face checkpoints: classification, tagging, generation, masked-LM pre-training."""
 
 
-
 def bounded(low: float | None = None, high: float | None = None, *, above: float | None = None,
             below: float | None = None, what: str = "an integer"):
     """An option callback that refuses a number outside [low, high] (or the open (above, below)) as the option is
-    parsed — before anything loads — with exit 2 and a message naming the option: ``typer.Option(callback=bounded(1))``
-    for "an integer >= 1"."""
+    parsed — before anything loads — with exit 2 and a message naming the option:
+    ``typer.Option(callback=bounded(1))`` for "an integer >= 1"."""
     parts = [f">= {low}" if low is not None else None, f"> {above}" if above is not None else None,
              f"<= {high}" if high is not None else None, f"< {below}" if below is not None else None]
     expected = f"{what} {' and '.join(p for p in parts if p)}"

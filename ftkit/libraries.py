@@ -37,6 +37,9 @@ def prepare_libraries() -> None:
     import_bitsandbytes()
 
 
+_ABSENT = object()  # not in sys.modules (None there means "import fails")
+
+
 def import_bitsandbytes() -> None:
     """Import bitsandbytes (peft imports it whatever the method) with its torch.compile calls deferred.
 
@@ -67,8 +70,6 @@ def import_bitsandbytes() -> None:
         else:
             sys.modules["kernels"] = hidden
 
-
-_ABSENT = object()
 
 
 def deferred_compile(compile_fn, model=None, **kwargs):

@@ -100,8 +100,8 @@ def encode_cached(task, tokenizer, model_config, table: Table, spec, cfg) -> dic
     from ftkit.cache import cached_encodings
 
     # "layout": bumped when a task's encoding changes shape, so older cache entries are not read as new ones
-    key = {"layout": 2, "data": fingerprint(spec), "task": task.name, "task_params": cfg.task, "columns": cfg.data.columns,
-           "format": cfg.data.format, "max_length": cfg.data.max_length,
+    key = {"layout": 2, "data": fingerprint(spec), "task": task.name, "task_params": cfg.task,
+           "columns": cfg.data.columns, "format": cfg.data.format, "max_length": cfg.data.max_length,
            "seq2seq": bool(getattr(model_config, "is_encoder_decoder", False)),
            "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
            "chat_template": tokenizer.chat_template}

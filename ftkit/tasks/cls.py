@@ -80,14 +80,13 @@ class Classification(LabelledTask):
 
     # ------------------------------------------------------------------ settings
     def validate(self, cfg) -> None:
-        kind = problem(cfg)
-        if cfg.task.get("problem") is not None and kind not in PROBLEMS:
+        kind = cfg.task.get("problem")  # None: the training labels decide it (from_data)
+        if kind is not None and kind not in PROBLEMS:
             raise UsageError(f"config key 'task.problem': got {kind!r}, expected {' or '.join(PROBLEMS)}")
         threshold = cfg.task.get("threshold")
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
             raise UsageError(f"config key 'task.threshold': got {threshold!r}, expected a number in (0, 1)")
-        if kind != "multi_label" and (threshold is not None or cfg.task["tune_threshold"]) and \
-                cfg.task.get("problem") is not None:  # unset: the labels may still make it multi-label
+        if kind not in (None, "multi_label") and (threshold is not None or cfg.task["tune_threshold"]):
             raise UsageError(f"config key 'task.{'threshold' if threshold is not None else 'tune_threshold'}': "
                              f"a multi-label setting; task.problem is {kind}")
         if not cfg.task["label_separator"]:

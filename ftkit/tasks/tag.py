@@ -151,9 +151,8 @@ class Tagging(LabelledTask):
     def eval_batch(self, model, batch):
         """-> (mean cross-entropy over each sentence's scored sub-tokens, predictions, references); computed here
         so method-specific terms stay out of it."""
-        import torch.nn.functional as F
-
         import torch
+        import torch.nn.functional as F
 
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "window")}).logits
