@@ -87,8 +87,8 @@ def onnx_of(run: Path) -> Path:
 
 def held_out_batches(loaded) -> dict[str, list[dict]]:
     """Model inputs from a loaded run's held-out rows: 64 of them one at a time (b1), 256 in batches of 32 (b32)."""
-    from ftkit.data import held_out_split, read_table
-    from ftkit.inference import model_labels, settings
+    from ftkit.commands.inference import model_labels, settings
+    from ftkit.data.sources import held_out_split, read_table
 
     cfg, task = settings(loaded, []), loaded.task
     table = read_table(cfg.data.train)
@@ -109,8 +109,8 @@ def speeds(runs: dict[str, Path], rounds: int = 5) -> dict[str, dict[str, float]
     timed pass over the same inputs a round, after a warm-up; the median of ``rounds`` -> {model: {mode: ex/s}}."""
     import torch
 
-    from ftkit.models import cpu_kernels
-    from ftkit.runs import load_trained
+    from ftkit.modeling.loading import cpu_kernels
+    from ftkit.rundir.runs import load_trained
 
     loaded = {name: load_trained(str(run)) for name, run in runs.items()}
     inputs = held_out_batches(next(iter(loaded.values())))  # the models share the tokenizer and the data

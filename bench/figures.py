@@ -5,6 +5,7 @@ what the runs gave, as is ``bench/FIGURES.json`` (the figures, each with its com
     python bench/figures.py                 # rerun every command (about 15 minutes on 2 CPU cores), rewrite both
     python bench/figures.py --only demo     # one entry: the others keep their recorded figures
     python bench/figures.py --render        # rewrite the README from bench/FIGURES.json, running nothing
+    python bench/figures.py --keep runs/figures   # ... and keep the run dirs (bench/screenshots.py shows them)
 
 Run it before a release (and after any change of a default); tests/test_real.py trains the demo again and
 checks that it gives the accuracy recorded here, and tests/test_bench.py that the README shows what is recorded.
@@ -46,11 +47,12 @@ FIGURES = [
 ]
 
 
-def run(figure: Figure) -> dict:
-    """The command, in a fresh run dir, and what its metrics.json says."""
+def run(figure: Figure, keep: Path | None = None) -> dict:
+    """The command, in a fresh run dir (``keep``/NAME, replaced, or a temporary one), and what its metrics.json
+    says."""
     with tempfile.TemporaryDirectory(prefix=f"figures-{figure.name}-") as work:
-        out = Path(work) / "run"
-        args = [str(out) if a == "RUN" else a for a in figure.command]
+        out = keep / figure.name if keep else Path(work) / "run"
+        args = [str(out) if a == "RUN" else a for a in figure.command] + (["--overwrite"] if keep else [])
         subprocess.run([sys.executable, "-m", "ftkit", *args, "--quiet"], check=True, cwd=ROOT)
         summary = json.loads((out / "metrics.json").read_text())
     main = summary["main_metric"]
@@ -111,13 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=[f.name for f in FIGURES], help="rerun these only")
     parser.add_argument("--render", action="store_true", help="rewrite the README from the record; run nothing")
+    parser.add_argument("--keep", type=Path, help="keep the run dirs in this folder (one per figure, by name)")
     args = parser.parse_args(argv)
     record = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
     if not args.render:
         for figure in FIGURES:
             if args.only is None or figure.name in args.only:
                 print(f"figures: {figure.name}: ftkit {' '.join(figure.command)}", flush=True)
-                record[figure.name] = run(figure)
+                record[figure.name] = run(figure, args.keep)
                 RECORD.write_text(json.dumps(record, indent=2) + "\n")  # kept as each finishes
     README.write_text(rewrite(README.read_text(), render(record)))
     print(f"wrote {RECORD.relative_to(ROOT)} and the README's figures")

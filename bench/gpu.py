@@ -315,7 +315,7 @@ def compare_logits(run: str, merged: str, data: str) -> None:
     + adapter) and the run's adapter on its full-precision base (unmerged)."""
     import torch
 
-    from ftkit.runs import load_trained
+    from ftkit.rundir.runs import load_trained
 
     rows = [json.loads(line) for line in Path(data).read_text().splitlines()][:16]
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -52,9 +52,9 @@ def batches(path: Path, data: str, rows: int, batch_size: int, max_length: int) 
     """The first ``rows`` rows, tokenized and cut into length-grouped batches padded to their longest row."""
     import torch
 
-    from ftkit.data import read_table
-    from ftkit.loop import length_grouped_batches
-    from ftkit.models import load_tokenizer
+    from ftkit.data.sources import read_table
+    from ftkit.modeling.loading import load_tokenizer
+    from ftkit.training.loop import length_grouped_batches
 
     table = read_table(data)
     texts, names = table.columns["text"][:rows], [str(v) for v in table.columns["label"][:rows]]
@@ -73,7 +73,7 @@ def train_steps(model, optimizer, data: list[dict], readout: str) -> float:
     """Seconds per training step over ``data``."""
     import torch
 
-    from ftkit.models import cpu_kernels
+    from ftkit.modeling.loading import cpu_kernels
 
     model.train()
     running, seen = torch.zeros(()), 0.0
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--results", default=str(HERE / "PARTS.md"))
     a = ap.parse_args(argv)
-    from ftkit.libraries import prepare_libraries
-    from ftkit.runs import base_model_path
+    from ftkit.rundir.runs import base_model_path
+    from ftkit.util.libraries import prepare_libraries
 
     prepare_libraries()
     rows = measure(base_model_path(a.model), a.data, a.rounds, a.rows, a.batch_size, a.max_length)

@@ -55,8 +55,8 @@ WORKLOADS = {w.name: w for w in [
 
 def prepare(w: Workload, folder: Path) -> tuple[str, str, str]:
     """(model dir, train.jsonl, eval.jsonl): the same rows for both sides, a seeded split of the dataset."""
-    from ftkit.data import held_out_split, read_table
-    from ftkit.runs import base_model_path
+    from ftkit.data.sources import held_out_split, read_table
+    from ftkit.rundir.runs import base_model_path
 
     table = read_table(w.data)
     train_idx, eval_idx = held_out_split(table, w.eval_rows / len(table), seed=0)
@@ -159,8 +159,8 @@ def bench(w: Workload, reps: int, folder: Path, device: str, ablate: bool = Fals
 def _mean_tokens(w: Workload, model: str, train: str) -> float:
     """Tokens per training row as ftkit encodes them (the same rows both sides train on), for tokens/s."""
     from ftkit import config
-    from ftkit.data import read_table
-    from ftkit.models import load_tokenizer
+    from ftkit.data.sources import read_table
+    from ftkit.modeling.loading import load_tokenizer
     from ftkit.tasks import TASKS
 
     cfg = config.build({"task": w.task, "data": {"train": train, "max_length": w.max_length}})

@@ -115,7 +115,7 @@ def train_runs(n: int, folder: Path) -> list[Path]:
 
 
 def texts(n: int) -> list[str]:
-    from ftkit.data import read_table
+    from ftkit.data.sources import read_table
 
     table = read_table("polarity")
     column = table.columns["text"]

@@ -1,4 +1,4 @@
-from ftkit.cli import main
+from ftkit.cli.app import main
 
 if __name__ == "__main__":
     main()

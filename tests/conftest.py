@@ -92,7 +92,7 @@ def run_cli(*args: str):
     from accelerate.state import AcceleratorState, GradientState, PartialState
     from typer.testing import CliRunner
 
-    from ftkit.cli import app
+    from ftkit.cli.app import app
 
     try:
         return CliRunner().invoke(app, [str(a) for a in args])
@@ -111,9 +111,9 @@ def cli():
 def fail_at_evaluation(monkeypatch, n: int) -> None:
     """The n-th evaluation of the next in-process run raises (a power cut): the run stops after the checkpoints
     written so far. ``monkeypatch.undo()`` restores evaluation."""
-    import ftkit.loop
+    import ftkit.training.loop
 
-    real, calls = ftkit.loop.evaluate, {"n": 0}
+    real, calls = ftkit.training.loop.evaluate, {"n": 0}
 
     def power_cut(*a, **k):
         calls["n"] += 1
@@ -121,7 +121,7 @@ def fail_at_evaluation(monkeypatch, n: int) -> None:
             raise RuntimeError("power cut")
         return real(*a, **k)
 
-    monkeypatch.setattr(ftkit.loop, "evaluate", power_cut)
+    monkeypatch.setattr(ftkit.training.loop, "evaluate", power_cut)
 
 
 def train_args(model: Path, data: dict, out: Path, *extra: str) -> list[str]:

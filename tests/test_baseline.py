@@ -1,4 +1,4 @@
-"""The TF-IDF + logistic regression baseline beside every cls run (ftkit/baseline.py)."""
+"""The TF-IDF + logistic regression baseline beside every cls run (ftkit/data/baseline.py)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_the_baseline_on_a_held_out_split_and_sentence_pairs(tiny_model, tmp_pat
     result = run_cli("train", "--model", tiny_model, "--data", path, "--output", tmp_path / "run", "--max-steps", "2",
                      "--batch-size", "16", "--max-length", "32")
     assert result.exit_code == 0, result.output
-    from ftkit.data import held_out_split, read_table
+    from ftkit.data.sources import held_out_split, read_table
 
     train_idx, eval_idx = held_out_split(read_table(str(path)), 0.1, 42)  # the run's own split (its seed)
     joined = [{"text": f"{r['text']} {r['text_pair']}", "label": r["label"]} for r in rows]

@@ -138,14 +138,14 @@ def test_the_readme_shows_the_recorded_figures():
         assert record[f.name]["command"] == "ftkit " + " ".join(f.command)
 
 
-def test_the_readme_states_what_the_lock_pins():
-    """The install section's count of pinned dependencies and the versions it names are the lock's."""
+def test_the_install_docs_state_what_the_lock_pins():
+    """docs/install.md's count of pinned dependencies and the versions it names are the lock's."""
     import re
 
     pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "requirements" / "lock.txt").read_text(), re.M))
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "install.md").read_text()
     line = re.search(r"`requirements/lock.txt` pins all (\d+) dependencies but torch \(([^)]*)\)", text, re.S)
-    assert line, "README's install section names the lock's count and versions"
+    assert line, "docs/install.md names the lock's count and versions"
     assert int(line.group(1)) == len(pins) and "torch" not in pins
     named = re.findall(r"([a-z][\w-]*) (\d[\w.]*)", line.group(2))
     assert named and {name: version for name, version in named} == {name: pins[name] for name, _ in named}

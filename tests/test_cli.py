@@ -13,7 +13,7 @@ from conftest import run_cli, train_args, write_rows
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ftkit.cli import app\n"
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ftkit.cli.app import app\n"
             "for args in (['--help'], ['train', '--help'], ['train', '--method', 'nope', '--output', 'x'],"
             " ['recipes']):\n"
             "    CliRunner().invoke(app, args)\n"
@@ -29,7 +29,7 @@ def test_help_is_fast_and_imports_nothing_heavy():
 def test_library_setup_leaves_torch_compile_to_the_quantized_kernels_that_need_it():
     # bitsandbytes (imported by peft for every method) torch.compiles kernels at import, which imports torch's
     # inductor: ~0.75 s of each run's start-up; prepare_libraries defers that to the kernels' first call
-    code = ("import sys, torch\nreal = torch.compile\nfrom ftkit.libraries import prepare_libraries\n"
+    code = ("import sys, torch\nreal = torch.compile\nfrom ftkit.util.libraries import prepare_libraries\n"
             "prepare_libraries()\nimport peft, bitsandbytes\n"
             "print('torch._inductor.compile_fx' in sys.modules, torch.compile is real)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -39,7 +39,7 @@ def test_library_setup_leaves_torch_compile_to_the_quantized_kernels_that_need_i
 def test_deferred_compile_compiles_once_at_the_first_call_with_the_same_arguments():
     import torch
 
-    from ftkit.libraries import deferred_compile
+    from ftkit.util.libraries import deferred_compile
 
     calls = []
 
@@ -226,12 +226,12 @@ def test_recipes_listing_and_show():
 
 
 def test_failure_while_running_exits_1_and_leaves_no_complete_run(tmp_path, tiny_model, sentiment, monkeypatch):
-    import ftkit.loop
+    import ftkit.training.loop
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(ftkit.loop, "evaluate", boom)
+    monkeypatch.setattr(ftkit.training.loop, "evaluate", boom)
     out = tmp_path / "run"
     result = run_cli(*train_args(tiny_model, sentiment, out, "--max-steps", "2"))
     assert result.exit_code == 1
@@ -279,7 +279,9 @@ def test_version_and_env_for_bug_reports(tmp_path, monkeypatch):
     only reports on."""
     import importlib.metadata
 
-    from ftkit import __version__, envinfo
+    from ftkit import __version__
+
+    from ftkit.commands import env as envinfo
 
     result = run_cli("--version")
     assert result.exit_code == 0 and result.stdout == f"ftkit {__version__}\n"
@@ -303,7 +305,7 @@ def test_version_and_env_for_bug_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(envinfo, "LIBRARIES", (*envinfo.LIBRARIES, "no-such-library-here"))
     assert "no-such-library-here not installed" in " ".join(run_cli("env").stdout.split())
     # the libraries are reported from their metadata: a fresh process running `ftkit env` imports none of them
-    probe = ("import sys; from ftkit.cli import main; sys.argv = ['ftkit', 'env']\ntry: main()\nexcept SystemExit: "
+    probe = ("import sys; from ftkit.cli.app import main; sys.argv = ['ftkit', 'env']\ntry: main()\nexcept SystemExit: "
              "pass\nprint([m for m in ('transformers', 'peft', 'accelerate', 'bitsandbytes') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
@@ -337,7 +339,7 @@ def test_eval_on_the_runs_own_training_data_scores_its_held_out_rows(tmp_path, t
 
 
 def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, sentiment, monkeypatch):
-    import ftkit.runs
+    import ftkit.rundir.runs
 
     out = tmp_path / "run"
     assert run_cli("train", "--model", tiny_model, "--data", sentiment["train"], "--output", out, "--max-steps", "2",
@@ -346,7 +348,7 @@ def test_eval_checks_the_data_before_loading_the_model(tmp_path, tiny_model, sen
     def never(*a, **k):
         raise AssertionError("the model was loaded before the data was checked")
 
-    monkeypatch.setattr(ftkit.runs, "load_trained", never)
+    monkeypatch.setattr(ftkit.rundir.runs, "load_trained", never)
     bad = write_rows(tmp_path / "bad.csv", [{"sentence": "a fine film", "label": "positive"}])
     result = run_cli("eval", out, "--data", bad)
     assert result.exit_code == 2, result.output

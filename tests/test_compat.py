@@ -1,4 +1,4 @@
-"""ftkit.compat: adaptations to upstream changes, each checked against the library versions installed."""
+"""ftkit.util.compat: adaptations to upstream changes, each checked against the library versions installed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from conftest import run_cli, train_args
-from ftkit.compat import accept_past_key_values
+from ftkit.util.compat import accept_past_key_values
 
 
 def _tiny_bert(model_class):
@@ -113,9 +113,9 @@ def test_a_method_the_model_cannot_run_is_refused_before_the_run_dir(tiny_model,
 
     if "past_key_values" in inspect.signature(transformers.BertModel.forward).parameters:
         pytest.skip("transformers < 5.24: BERT's forward still takes past_key_values")
-    import ftkit.compat
+    import ftkit.util.compat
 
-    monkeypatch.setattr(ftkit.compat, "accept_past_key_values", lambda model: None)
+    monkeypatch.setattr(ftkit.util.compat, "accept_past_key_values", lambda model: None)
     out = tmp_path / "run"
     result = run_cli(*train_args(tiny_model, sentiment, out, "--method", "prefix", "--max-steps", "2"))
     assert result.exit_code == 2, result.output
@@ -209,7 +209,7 @@ def test_no_kernel_is_fetched_from_the_hub(through_ftkit, tmp_path):
 
     pytest.importorskip("bitsandbytes")
     marker = tmp_path / "asked.txt"
-    body = ("from ftkit.libraries import prepare_libraries\nprepare_libraries()\nimport peft\n"
+    body = ("from ftkit.util.libraries import prepare_libraries\nprepare_libraries()\nimport peft\n"
             "from transformers import BitsAndBytesConfig\n"
             "assert sys.modules.get('kernels') is (kernels if INSTALLED else None)\n"
             "assert os.environ['USE_HUB_KERNELS'] == 'NO'\n") if through_ftkit else "import bitsandbytes\n"
@@ -238,8 +238,8 @@ def test_generation_reads_the_virtual_tokens(kind):
     from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftkit.compat import generate_with_virtual_tokens
-    from ftkit.libraries import prepare_libraries
+    from ftkit.util.compat import generate_with_virtual_tokens
+    from ftkit.util.libraries import prepare_libraries
 
     prepare_libraries()
     torch.manual_seed(0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ftkit import config, recipes
+from ftkit import config
+
+from ftkit.config import recipes
 from ftkit.errors import UsageError
 from ftkit.methods import METHODS
 from ftkit.tasks import TASKS
@@ -119,7 +121,7 @@ def test_every_config_field_is_documented():
 def test_the_run_length_left_unset_has_a_floor_of_optimizer_steps(flags, sets, epochs, min_steps):
     from types import SimpleNamespace
 
-    from ftkit.loop import plan_steps
+    from ftkit.training.loop import plan_steps
 
     cfg = config.resolve(None, flags, sets)
     assert (cfg.train.epochs, cfg.train.min_steps) == (epochs, min_steps)
@@ -161,3 +163,29 @@ def test_a_run_made_from_a_finished_one_takes_its_own_length(own, flags, sets, l
 def test_lora_targets_default_per_task_where_the_user_left_them_unset(task, method, sets, targets):
     cfg = config.resolve(None, {"task": task, "method": method}, sets)
     assert cfg.method["target_modules"] == targets
+
+
+def test_options_that_set_a_config_key_say_what_its_field_says():
+    """One source for the shared flags: each option of train, distill and prune that sets a config key has that
+    field's help (and names the key); the task and method lists in the help are the registries'."""
+    import typer.main
+
+    from ftkit.cli import flags
+    from ftkit.cli.app import app
+
+    group = typer.main.get_command(app)
+    seen = 0
+    for verb in ("train", "distill", "prune"):
+        for param in group.commands[verb].params:
+            key = flags.KEYS.get(param.name)
+            if key is None or param.param_type_name != "option":
+                continue
+            first = config.key_help(key).split(". ")[0].rstrip(".")
+            assert param.help.startswith(first) and param.help.endswith(f"[{key}]"), (verb, param.name, param.help)
+            seen += 1
+    assert seen >= 30
+    for key, registry in (("task", TASKS), ("method", METHODS)):
+        listed = config.key_help(key).split(": ", 1)[1].split(" (")[0].replace(" or ", ", ").split(", ")
+        assert sorted(listed) == registry.names(), key
+    assert flags.settings(lr=1e-3, eval_data="e.csv", model="m", seed=None) == {
+        "train": {"lr": 1e-3}, "data": {"eval": "e.csv"}, "model": {"name": "m"}}

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from conftest import write_rows
-from ftkit.cache import cached_encodings
-from ftkit.data import Table, held_out_split, read_table
+from ftkit.data.cache import cached_encodings
+from ftkit.data.sources import Table, held_out_split, read_table
 from ftkit.errors import UsageError
-from ftkit.loop import length_grouped_batches
+from ftkit.training.loop import length_grouped_batches
 
 ROWS = [{"text": "a good film", "label": "positive"}, {"text": 'said "awful", twice', "label": "negative"},
         {"text": "commas, tabs\tand ünïcode", "label": "positive"}]

@@ -23,7 +23,7 @@ def teacher(tiny_model, sentiment, tmp_path_factory):
 
 def test_the_loss_is_alpha_t2_kl_plus_the_gold_cross_entropy():
     from ftkit.config import DistillConfig
-    from ftkit.distillation import distilling_loss
+    from ftkit.training.distill_loss import distilling_loss
 
     s_logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     t_logits = torch.tensor([[1.0, 1.5, -0.5], [-1.0, 0.0, 2.0]])
@@ -55,8 +55,8 @@ def test_the_loss_is_alpha_t2_kl_plus_the_gold_cross_entropy():
 def test_the_dropped_layer_student_starts_from_the_teachers_weights(teacher):
     from transformers import AutoModelForSequenceClassification
 
-    from ftkit.distill import layers_dropped
-    from ftkit.runs import load_trained, locate, merged
+    from ftkit.commands.distill import layers_dropped
+    from ftkit.rundir.runs import load_trained, locate, merged
 
     path = layers_dropped(locate(str(teacher)), 1)
     student = AutoModelForSequenceClassification.from_pretrained(path)  # stock transformers loads it
@@ -106,8 +106,8 @@ def test_unlabelled_text_is_labelled_by_the_teacher(teacher, tmp_path, cli):
 
 def test_bad_input_is_refused_before_weights_load(teacher, tiny_model, tiny_causal, copy_data, sentiment, tmp_path,
                                                   cli, monkeypatch):
-    import ftkit.base_model
-    import ftkit.runs
+    import ftkit.rundir.base
+    import ftkit.rundir.runs
 
     gen = tmp_path / "gen"
     assert cli(*train_args(tiny_causal, copy_data, gen, "--task", "gen", "--max-steps", "2")).exit_code == 0
@@ -115,8 +115,8 @@ def test_bad_input_is_refused_before_weights_load(teacher, tiny_model, tiny_caus
     def never(*a, **k):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(ftkit.base_model, "load_for_training", never)
-    monkeypatch.setattr(ftkit.runs, "load_trained", never)  # the teacher, to build a student or label text
+    monkeypatch.setattr(ftkit.rundir.base, "load_for_training", never)
+    monkeypatch.setattr(ftkit.rundir.runs, "load_trained", never)  # the teacher, to build a student or label text
     latin = tmp_path / "latin.txt"
     latin.write_bytes(b"a fine film\ncaf\xe9 au lait\n")
     cases = [(["distill", gen, "--output", tmp_path / "a"], "a gen run; distillation covers cls and tag"),
@@ -157,8 +157,8 @@ def test_a_tagger_distils_with_hidden_states_matched(tiny_model, ner, tmp_path, 
 
 def test_hidden_states_of_another_width_are_matched_through_a_learned_projection():
     from ftkit.config import DistillConfig
-    from ftkit.distillation import distilling_loss
-    from ftkit.models import TRAINING_ONLY
+    from ftkit.modeling.loading import TRAINING_ONLY
+    from ftkit.training.distill_loss import distilling_loss
 
     torch.manual_seed(0)
     s_hidden = [torch.randn(2, 3, 4) for _ in range(3)]  # embeddings + 2 layers, 4 wide

@@ -46,7 +46,7 @@ def test_two_cpu_processes_train_the_same_model_as_one_with_twice_the_accumulati
 
 def test_packed_gen_batches_on_two_processes_equal_one_with_twice_the_accumulation(tiny_causal, copy_data,
                                                                                    tmp_path):
-    """gen's padding-free batches (ftkit/packing.py) through DDP: each rank packs its own batch."""
+    """gen's padding-free batches (ftkit/data/packing.py) through DDP: each rank packs its own batch."""
     from safetensors.torch import load_file
 
     common = ["--task", "gen", "--max-steps", "4", "--set", "method.dropout=0"]
@@ -71,7 +71,7 @@ def test_ranks_that_disagree_fail_the_run(monkeypatch):
     import torch
 
     import accelerate.utils
-    from ftkit import distributed
+    from ftkit.training import distributed
 
     model = torch.nn.Linear(2, 2)
     other = torch.nn.Linear(2, 2)
@@ -145,7 +145,7 @@ def test_unsupported_scale_out_is_refused_before_loading(config, quant, expected
 
 
 def test_without_a_launcher_one_process_trains(monkeypatch):
-    from ftkit import distributed
+    from ftkit.training import distributed
 
     for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)

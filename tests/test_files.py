@@ -1,10 +1,10 @@
-"""ftkit.files: a file is replaced whole or left as it was."""
+"""ftkit.util.files: a file is replaced whole or left as it was."""
 
 from __future__ import annotations
 
 import pytest
 
-from ftkit.files import atomic_path, write_text
+from ftkit.util.files import atomic_path, write_text
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

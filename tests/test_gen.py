@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli, train_args, write_rows
 from ftkit import config
-from ftkit.data import Table
+from ftkit.data.sources import Table
 from ftkit.tasks import TASKS
 from ftkit.tasks.gen import IGNORE
 
@@ -89,7 +89,7 @@ def test_causal_round_trip(causal_run, tiny_causal, copy_data, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftkit.runs import load_trained
+    from ftkit.rundir.runs import load_trained
 
     method, out = causal_run
     summary = json.loads((out / "metrics.json").read_text())
@@ -133,7 +133,7 @@ def test_predict_reads_the_whole_prompt_and_refuses_one_the_model_cannot_hold(ca
     (64 positions) no room for a response is refused, naming it; a response runs at most to the last position."""
     import dataclasses
 
-    from ftkit.runs import load_trained
+    from ftkit.rundir.runs import load_trained
 
     _, out = causal_run
     loaded = load_trained(str(out))
@@ -263,7 +263,7 @@ def test_padding_free_batches_are_not_grouped_by_length_by_default(tmp_path, tin
     """Packed batches have no padding to cut: length grouping would only gather the longest rows into the same
     steps (gen benchmark, three seeds: peak RSS 2789-3041 vs 2167-2247 MiB, held-out perplexity 7.54-7.95 vs
     6.75-6.97). Padded batches, and an explicit setting, stay as they were."""
-    from ftkit import loop
+    from ftkit.training import loop
 
     grouped = []
 

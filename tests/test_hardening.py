@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import fail_at_evaluation, run_cli, train_args, write_rows
 from ftkit import config
-from ftkit.data import read_table
+from ftkit.data.sources import read_table
 from ftkit.errors import UsageError
 
 
@@ -109,12 +109,12 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize("extra, expected", CONFIG_CASES, ids=[c[1][:40] for c in CONFIG_CASES])
 def test_bad_config_is_refused_before_loading(extra, expected, tiny_model, sentiment, tmp_path, monkeypatch):
-    import ftkit.base_model
+    import ftkit.rundir.base
 
     def never(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(ftkit.base_model, "load_for_training", never)
+    monkeypatch.setattr(ftkit.rundir.base, "load_for_training", never)
     out = tmp_path / "run"
     args = train_args(tiny_model, sentiment, out)
     if "--max-length" in extra:
@@ -408,10 +408,10 @@ UNBOUNDED = {("prune", "--heads")}  # refused whatever its value, with the reaso
 @pytest.mark.parametrize("verb, args, option, bad", BAD_NUMBERS, ids=[f"{v} {o} {b}" for v, _, o, b in BAD_NUMBERS])
 def test_a_number_out_of_range_is_refused_as_it_is_parsed(verb, args, option, bad, monkeypatch, tmp_path):
     """Refused before anything is read or loaded (RUN does not even exist), in one line naming the option."""
-    import ftkit.runs
+    import ftkit.rundir.runs
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(ftkit.runs, "locate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("located")))
+    monkeypatch.setattr(ftkit.rundir.runs, "locate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("located")))
     result = run_cli(verb, *args, option, bad)
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}': got {float(bad):g}, expected" in result.output, result.output
@@ -423,7 +423,7 @@ def test_every_numeric_option_has_a_row():
 
     import typer.main
 
-    from ftkit.cli import app
+    from ftkit.cli.app import app
 
     numeric = set()
     for verb, command in typer.main.get_command(app).commands.items():

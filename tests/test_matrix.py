@@ -71,17 +71,17 @@ def test_matrix_has_refusals_that_say_what_to_use():
 def test_readme_support_table_is_current():
     from pathlib import Path
 
-    from ftkit import support
+    from ftkit.commands import support
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    assert support.block() in readme, "README support table is stale: run `python -m ftkit.support --write`"
+    assert support.block() in readme, "README support table is stale: run `python -m ftkit.commands.support --write`"
 
 
 @pytest.mark.parametrize("task", TASKS.names())
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_gradient_checkpointing_trains_the_same_model(task, method, data_for, tmp_path):
     """Recomputing activations (RNG state preserved) must not change what is learned, only the memory."""
-    from ftkit.base_model import load_for_training
+    from ftkit.rundir.base import load_for_training
 
     model, data, _ = data_for[task]
     losses = {}
@@ -117,10 +117,10 @@ def test_bf16_trains_every_task(task, data_for, tmp_path):
 
 
 
-@pytest.mark.parametrize("name", list(__import__("ftkit.recipes", fromlist=["shipped"]).shipped()))
+@pytest.mark.parametrize("name", list(__import__("ftkit.config.recipes", fromlist=["shipped"]).shipped()))
 def test_shipped_recipe_trains_on_a_tiny_model(name, data_for, tmp_path):
     """Each recipe's own task/method settings, on the tiny model and data of its task, for a few steps."""
-    from ftkit import recipes
+    from ftkit.config import recipes
 
     cfg = config.resolve(recipes.find(name), {}, [])
     model, data, _ = data_for[cfg.task_name]
@@ -138,12 +138,12 @@ def test_shipped_recipe_trains_on_a_tiny_model(name, data_for, tmp_path):
 
 @pytest.mark.parametrize("task", TASKS.names())
 def test_dry_run_describes_without_loading_or_writing(task, data_for, tmp_path, monkeypatch):
-    import ftkit.base_model
+    import ftkit.rundir.base
 
     def never(*a, **k):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(ftkit.base_model, "load_for_training", never)
+    monkeypatch.setattr(ftkit.rundir.base, "load_for_training", never)
     model, data, _ = data_for[task]
     out = tmp_path / "run"
     result = run_cli(*train_args(model, data, out, "--task", task, "--max-length", "6", "--dry-run"))

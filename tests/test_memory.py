@@ -64,7 +64,7 @@ def test_variable_length_batches_do_not_pile_up_onednn_kernels():
     no shape is already cached in this process."""
     import torch
 
-    from ftkit.models import cpu_kernels
+    from ftkit.modeling.loading import cpu_kernels
 
     block = torch.nn.Sequential(torch.nn.Linear(96, 1000), torch.nn.GELU(), torch.nn.Linear(1000, 96))
     before = _rss_anon_mib()
@@ -78,7 +78,7 @@ def test_variable_length_batches_do_not_pile_up_onednn_kernels():
 def test_cpu_kernels_in_training_eval_and_predict_fp32_only(tiny_model, sentiment, tmp_path):
     import torch
 
-    from ftkit.models import cpu_kernels
+    from ftkit.modeling.loading import cpu_kernels
 
     quantized = torch.nn.Linear(4, 4)
     quantized.weight = torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.int8), requires_grad=False)
@@ -130,7 +130,7 @@ def file_pages():
     for line in open("/proc/self/status"):
         if line.startswith("RssFile:"):
             return int(line.split()[1]) * 1024
-import torch, transformers, peft, accelerate, ftkit.cli, ftkit.train, ftkit.loop
+import torch, transformers, peft, accelerate, ftkit.cli.app, ftkit.commands.train, ftkit.training.loop
 from torch.utils._python_dispatch import TorchDispatchMode
 from typer.testing import CliRunner
 class Peak(TorchDispatchMode):
@@ -141,7 +141,7 @@ class Peak(TorchDispatchMode):
         return out
 base, base_files = live(), file_pages()
 with Peak():
-    result = CliRunner().invoke(ftkit.cli.app, sys.argv[1:])
+    result = CliRunner().invoke(ftkit.cli.app.app, sys.argv[1:])
 assert result.exit_code == 0, result.output
 print(json.dumps({"peak_bytes": Peak.peak - base + file_pages() - base_files}))
 """

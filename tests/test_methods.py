@@ -88,8 +88,8 @@ def test_8bit_lora_trains_on_an_int8_base_and_merges_into_full_precision(tiny_mo
     from bitsandbytes.nn import Linear8bitLt
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ftkit.base_model import load_for_training
-    from ftkit.runs import load_trained
+    from ftkit.rundir.base import load_for_training
+    from ftkit.rundir.runs import load_trained
     from ftkit.tasks import TASKS
 
     cfg = config.build({"model": {"name": str(tiny_model), "quant": "8bit"}})
@@ -147,7 +147,7 @@ def test_4bit_inference_on_cpu_for_a_run_and_a_plain_checkpoint(tiny_model, sent
     import torch
     from bitsandbytes.nn import Linear4bit
 
-    from ftkit.runs import load_trained
+    from ftkit.rundir.runs import load_trained
 
     out = tmp_path / "run"
     assert run_cli(*train_args(tiny_model, sentiment, out, "--epochs", "12", "--lr", "1e-2")).exit_code == 0
@@ -316,7 +316,7 @@ def test_loraplus_trains_the_b_matrices_at_the_ratio_times_the_rate(tiny_model, 
     import yaml
     from transformers import AutoModelForSequenceClassification, get_scheduler
 
-    from ftkit.loop import make_optimizer
+    from ftkit.training.loop import make_optimizer
 
     ctx = type("Ctx", (), {"head": ["classifier"], "peft_task_type": "SEQ_CLS", "total_steps": 100})()
     for method in ("lora", "dora", "adalora"):

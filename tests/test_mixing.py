@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import run_cli, sentiment_rows, write_rows
 
-from ftkit.data import mix
+from ftkit.data.sources import mix
 
 
 def test_mixing_draws_in_the_set_shares():
@@ -52,7 +52,7 @@ def test_a_run_on_two_sources_mixes_them_and_eval_finds_each_ones_held_out_rows(
     card = (out / "README.md").read_text()
     assert f"- {a}" in card and f"- {b}" in card
 
-    from ftkit.data import held_out_split, read_training
+    from ftkit.data.sources import held_out_split, read_training
 
     full, origin = read_training([str(a), str(b)])
     held_b = [i for i in held_out_split(full, 0.1, 42)[1] if origin[i] == 1]
@@ -99,7 +99,7 @@ def test_augmented_words_are_deleted_or_swapped_never_invented():
 
 
 def test_augmentation_is_seeded_and_made_of_training_rows_only():
-    from ftkit.table import Table
+    from ftkit.data.table import Table
     from ftkit.tasks.cls import Classification
 
     rows = sentiment_rows(30, seed=5)

@@ -38,14 +38,14 @@ def mlm_run(tiny_model, text_data, tmp_path_factory):
 
 
 def collate(tiny_model, features, **task):
-    from ftkit.models import load_tokenizer
+    from ftkit.modeling.loading import load_tokenizer
 
     cfg = config.resolve(None, {"task": "mlm"}, [f"task.{k}={v}" for k, v in task.items()])
     return TASKS.get("mlm").collator(load_tokenizer(tiny_model), cfg)(features)
 
 
 def test_masking_is_bert_80_10_10_and_never_touches_special_tokens(tiny_model):
-    from ftkit.models import load_tokenizer
+    from ftkit.modeling.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
     n = 4000
@@ -65,7 +65,7 @@ def test_masking_is_bert_80_10_10_and_never_touches_special_tokens(tiny_model):
 
 
 def test_whole_word_masking_masks_every_piece_of_a_chosen_word(tiny_model):
-    from ftkit.models import load_tokenizer
+    from ftkit.modeling.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
     enc = tok(" ".join(["zebra"] * 300))  # not in the vocabulary: z ##e ##b ##r ##a
@@ -96,8 +96,8 @@ def test_evaluation_masks_are_fixed_and_training_masks_are_drawn_anew(tiny_model
 
 
 def test_long_documents_become_windows_not_truncated(tiny_model, tmp_path):
-    from ftkit.data import read_table
-    from ftkit.models import load_tokenizer
+    from ftkit.data.sources import read_table
+    from ftkit.modeling.loading import load_tokenizer
 
     doc = tmp_path / "doc.txt"
     doc.write_text("the film was good\nthe plot was dull and the acting was weak\n\n" + "a story " * 40 + "\n")
@@ -168,7 +168,7 @@ def test_fine_tuning_starts_from_the_adapted_encoder(method, mlm_run, tiny_model
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM
 
-    from ftkit.runs import base_model_path, load_trained
+    from ftkit.rundir.runs import base_model_path, load_trained
 
     stage1 = mlm_run
     if method == "full":
@@ -214,7 +214,7 @@ def test_the_model_card_says_how_to_load_the_adapter_without_ftkit(mlm_run):
 
     import yaml
 
-    from ftkit.runs import load_trained
+    from ftkit.rundir.runs import load_trained
 
     text = (mlm_run / "README.md").read_text()
     assert yaml.safe_load(text.split("---\n")[1])["pipeline_tag"] == "fill-mask"

@@ -1,5 +1,5 @@
-"""The classification objectives (ftkit/objectives.py) and the learning-rate schedules: each changes training as it
-claims, checked against hand computations on known logits and a tiny model."""
+"""The classification objectives (ftkit/training/objectives.py) and the learning-rate schedules: each changes training
+as it claims, checked against hand computations on known logits and a tiny model."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import run_cli, train_args
 
 from ftkit import config
-from ftkit.objectives import class_weights, classification_loss, symmetric_kl
+from ftkit.training.objectives import class_weights, classification_loss, symmetric_kl
 
 
 class Toy(torch.nn.Module):
@@ -83,7 +83,7 @@ def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes():
 @pytest.mark.parametrize("kind, steps", [("fgm", 1), ("pgd", 3)])
 def test_adversarial_training_perturbs_the_embeddings_along_the_gradient_with_the_set_norm(kind, steps,
                                                                                              monkeypatch):
-    from ftkit import objectives
+    from ftkit.training import objectives
 
     model = Toy(per_token=True)
     batch = {"input_ids": BATCH["input_ids"], "labels": torch.tensor([[0, 2, -100], [1, 1, 0]])}
@@ -146,7 +146,7 @@ def test_learning_rate_schedules(scheduler, tiny_model, sentiment, tmp_path):
 
 
 def test_min_steps_is_a_floor_on_the_run_length(tiny_model, sentiment, tmp_path):
-    from ftkit.loop import plan_steps
+    from ftkit.training.loop import plan_steps
 
     cfg = config.build({"train": {"batch_size": 16, "epochs": 2, "min_steps": 45}})
     assert plan_steps(160, cfg, 1) == (10, 45)  # 2 epochs are 20 steps: the floor decides
@@ -170,7 +170,7 @@ def test_min_steps_is_a_floor_on_the_run_length(tiny_model, sentiment, tmp_path)
     (113, 339, 10, 113),
 ])
 def test_max_evals_caps_the_evaluations_in_whole_epochs(per_epoch, total, max_evals, every):
-    from ftkit.loop import eval_interval
+    from ftkit.training.loop import eval_interval
 
     t = config.build({"train": {"max_evals": max_evals}}).train
     assert eval_interval(per_epoch, total, t) == every

@@ -76,9 +76,9 @@ def test_a_tagging_model_exports_and_evaluates_the_same(tiny_model, ner, tmp_pat
 def test_an_export_that_does_not_match_pytorch_is_refused(cls_run, tmp_path, monkeypatch):
     import torch
 
-    import ftkit.onnx_export
+    import ftkit.modeling.onnx
 
-    real = ftkit.onnx_export.logits_of
+    real = ftkit.modeling.onnx.logits_of
 
     def drifting(model):  # the graph is traced from the real model; PyTorch's answers afterwards are 0.01 off
         inner = real(model)
@@ -94,7 +94,7 @@ def test_an_export_that_does_not_match_pytorch_is_refused(cls_run, tmp_path, mon
 
         return Drift().eval()
 
-    monkeypatch.setattr(ftkit.onnx_export, "logits_of", drifting)
+    monkeypatch.setattr(ftkit.modeling.onnx, "logits_of", drifting)
     out = tmp_path / "export"
     result = run_cli("export", cls_run, "--format", "onnx", "--output", out)
     assert result.exit_code == 1 and "the ONNX model's logits differ from PyTorch's by up to 0.01" in result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ftkit.loop import make_optimizer
+from ftkit.training.loop import make_optimizer
 
 
 def test_fused_adamw_steps_like_the_plain_one_and_skips_decay_on_vectors():

@@ -1,4 +1,4 @@
-"""Padding-free (packed, prefix-shared) training batches for decoder-only models: ftkit/packing.py."""
+"""Padding-free (packed, prefix-shared) training batches for decoder-only models: ftkit/data/packing.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import pytest
 
 from conftest import run_cli, train_args
-from ftkit import config, packing
-from ftkit.packing import IGNORE
+from ftkit import config
+from ftkit.data import packing
+from ftkit.data.packing import IGNORE
 
 PREFIX = [5, 6, 7, 8]
 

@@ -29,7 +29,7 @@ def batches(n: int = 3):
 
 
 def test_a_dead_neuron_and_a_skipped_layer_score_zero():
-    from ftkit.pruning import feed_forwards, importance, plan
+    from ftkit.modeling.pruning import feed_forwards, importance, plan
 
     model = tiny_classifier()
     with torch.no_grad():
@@ -46,7 +46,7 @@ def test_a_dead_neuron_and_a_skipped_layer_score_zero():
 def test_the_pruned_model_is_smaller_loads_in_stock_transformers_and_equals_the_masked_original(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from ftkit.pruning import feed_forwards, importance, keep_layers, keep_neurons, plan
+    from ftkit.modeling.pruning import feed_forwards, importance, keep_layers, keep_neurons, plan
 
     model = tiny_classifier()
     data = batches()
@@ -118,7 +118,7 @@ def test_gradual_pruning_is_the_chain_of_one_layer_prunings(deep_run, tmp_path, 
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    from ftkit import catalog
+    from ftkit.data import catalog
 
     common = ["--max-steps", "8", "--batch-size", "16", "--distil", "--seed", "3"]
     hand, by_hand = tmp_path / "one", tmp_path / "two"
@@ -154,12 +154,12 @@ def test_gradual_pruning_is_the_chain_of_one_layer_prunings(deep_run, tmp_path, 
 
 
 def test_bad_input_is_refused(run, tiny_model, tmp_path, cli, monkeypatch):
-    import ftkit.runs
+    import ftkit.rundir.runs
 
     def never(*a, **k):
         raise AssertionError("the run was loaded to measure importance")
 
-    monkeypatch.setattr(ftkit.runs, "load_trained", never)
+    monkeypatch.setattr(ftkit.rundir.runs, "load_trained", never)
     cases = [(["--ffn", "0.3", "--set", "train.max_steps=-2"], "train.max_steps"),
              (["--ffn", "0.3", "--epochs", "0"], "'--epochs': got 0, expected a number > 0"),
              (["--heads", "0.5", "--ffn", "0.2"], "attention heads are not pruned"),

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.real
 
 
 def test_polarity_dataset():
-    from ftkit.data import read_table
+    from ftkit.data.sources import read_table
 
     table = read_table("polarity")
     assert len(table) == 4000
@@ -55,7 +55,7 @@ def test_the_main_job_gives_the_readme_figure(tmp_path):
     assert "from_pretrained('sentence-transformers/all-MiniLM-L6-v2'" in card
 
     # deployed as ONNX: the export scores the held-out rows as the run did; int8 costs little
-    from ftkit.data import held_out_split, read_table
+    from ftkit.data.sources import held_out_split, read_table
 
     table = read_table("polarity")
     _, held = held_out_split(table, 0.1, seed=42)
@@ -86,7 +86,7 @@ def test_pos_tagging_with_lora_reaches_090(tmp_path):
 
 def test_chat_lora_lowers_held_out_perplexity(tmp_path):
     """LoRA on chatterbot: the run's held-out perplexity is below the base model's on the same rows."""
-    from ftkit.data import held_out_split, read_table
+    from ftkit.data.sources import held_out_split, read_table
 
     table = read_table("chatterbot")
     _, held = held_out_split(table, 0.05, seed=42)

@@ -123,7 +123,7 @@ def test_export_merge_equals_run(trained, sentiment, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ftkit.runs import load_trained
+    from ftkit.rundir.runs import load_trained
 
     method, out, _ = trained
     result = run_cli("export", out, "--output", tmp_path / "merged", "--merge")
@@ -203,7 +203,7 @@ def test_reload_with_plain_peft(trained):
     model = AutoPeftModelForSequenceClassification.from_pretrained(
         out, num_labels=labels.num_labels, id2label=labels.id2label, label2id=labels.label2id).eval()
     if method == "prefix":  # the line the run's model card gives for transformers >= 5.24 with peft <= 0.21.2
-        from ftkit.compat import accept_past_key_values
+        from ftkit.util.compat import accept_past_key_values
 
         assert "accept_past_key_values(model.get_base_model())" in (out / "README.md").read_text()
         accept_past_key_values(model.get_base_model())

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import run_cli
 
-from ftkit import sweep
+from ftkit.commands import sweep
 
 
 @pytest.fixture
@@ -63,9 +63,9 @@ def test_random_strategy_draws_distinct_trials_reproducibly():
 
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(recipe, tmp_path, monkeypatch):
-    import ftkit.loop
+    import ftkit.training.loop
 
-    real, calls = ftkit.loop.evaluate, {"n": 0}
+    real, calls = ftkit.training.loop.evaluate, {"n": 0}
 
     def ctrl_c_at_fourth(*a, **k):  # the 2nd trial's 2nd evaluation (step 6), after its step-3 checkpoint
         calls["n"] += 1
@@ -73,7 +73,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(recipe, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(ftkit.loop, "evaluate", ctrl_c_at_fourth)
+    monkeypatch.setattr(ftkit.training.loop, "evaluate", ctrl_c_at_fourth)
     out = tmp_path / "sweep"
     args = ["sweep", recipe, "--param", "lr=1e-3,1e-2,3e-2", "--strategy", "random", "--trials", "3", "--output", out]
     assert run_cli(*args).exit_code == 130

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli, train_args, write_rows
 from ftkit import config
-from ftkit.data import Table, read_table
+from ftkit.data.sources import Table, read_table
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS
 from ftkit.tasks.tag import IGNORE, detect_scheme
@@ -176,7 +176,7 @@ def test_tag_round_trip(tag_run, ner, tmp_path):
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from ftkit.runs import load_trained
+    from ftkit.rundir.runs import load_trained
 
     method, out = tag_run
     summary = json.loads((out / "metrics.json").read_text())

@@ -110,7 +110,7 @@ def test_resumed_run_logs_each_step_once(tmp_path, tiny_model, sentiment):
 
 def test_tracking_does_not_block_resume_with_other_trackers(tmp_path, tiny_model, sentiment):
     from ftkit import config
-    from ftkit.train import check_resumable
+    from ftkit.commands.train import check_resumable
 
     out = tmp_path / "run"
     out.mkdir()

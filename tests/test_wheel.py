@@ -61,7 +61,7 @@ def test_the_wheel_holds_the_package_and_every_recipe(wheel_venv, tmp_path):
     shown = _run(wheel_venv, "recipes", "show", "cls-lora", cwd=tmp_path)
     assert shown.stdout == (REPO / "tasks" / "cls-lora.yaml").read_text()
     # the installed copy answers, not the source checkout
-    where = subprocess.run([wheel_venv / "bin" / "python", "-c", "import ftkit, ftkit.recipes as r; "
+    where = subprocess.run([wheel_venv / "bin" / "python", "-c", "import ftkit, ftkit.config.recipes as r; "
                             "print(ftkit.__file__); print(r.RECIPES_DIR)"], cwd=tmp_path, capture_output=True,
                            text=True, check=True).stdout.split()
     assert all(Path(p).is_relative_to(wheel_venv) for p in where), where

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS, Method
-from ftkit.methods.lora import LoraParams, targets, wrap
+from ftkit.methods import METHODS, Method, wrap
+from ftkit.methods.lora import LoraParams, targets
 
 
 @dataclass

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftkit.methods import METHODS, Method
-from ftkit.methods.lora import wrap
+from ftkit.methods import METHODS, Method, wrap
 
 
 @dataclass

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS, Method
+from ftkit.methods import METHODS, Method, wrap
 
 
 @dataclass
@@ -44,34 +44,6 @@ class LoraParams:
 def targets(params):
     t = params.target_modules
     return "all-linear" if t == ["all-linear"] else t
-
-
-def wrap(model, peft_config, params, method: str):
-    """get_peft_model with peft's refusals (target modules not found, no default for this architecture, a config
-    value it cannot derive from the model's) turned into a usage error."""
-    from peft import get_peft_model
-
-    from ftkit.errors import first_line
-
-    try:
-        model = get_peft_model(model, peft_config)
-    except ValueError as e:
-        if not hasattr(params, "target_modules"):
-            raise UsageError(f"method {method!r} cannot run on {type(model).__name__}: peft says "
-                             f"{first_line(e) or type(e).__name__!r}") from None
-        if params.target_modules is None:
-            raise UsageError(f"config key 'method.target_modules': peft has no default targets for "
-                             f"{type(model).__name__}; set it, e.g. --set method.target_modules=all-linear or "
-                             "a list of module names") from None
-        raise UsageError(f"config key 'method.target_modules': {e}") from None
-    # peft appends its default head names to the ones given (classifier, classifier, score): listed once each
-    for config in model.peft_config.values():
-        if getattr(config, "modules_to_save", None):
-            config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
-    from ftkit.compat import generate_with_virtual_tokens
-
-    generate_with_virtual_tokens(model)  # prefix/prompt tuning's generation on transformers >= 5.24 (see there)
-    return model
 
 
 @METHODS.register("lora")

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS, VirtualTokenMethod
-from ftkit.methods.lora import wrap
+from ftkit.methods import METHODS, VirtualTokenMethod, wrap
 
 
 @dataclass
@@ -24,8 +23,8 @@ class Prefix(VirtualTokenMethod):
     default_lr = 1e-2
     description = "learned attention prefixes (peft prefix tuning); not mergeable"
     load_note = ("with transformers >= 5.24 and peft <= 0.21.2, peft's prefix tuning cannot find a BERT-style "
-                 "backbone's cache argument: call ftkit.compat.accept_past_key_values(model.get_base_model()) "
-                 "before the first forward, and for generate() ftkit.compat.generate_with_virtual_tokens(model) "
+                 "backbone's cache argument: call ftkit.util.compat.accept_past_key_values(model.get_base_model()) "
+                 "before the first forward, and for generate() ftkit.util.compat.generate_with_virtual_tokens(model) "
                  "after PeftModel.from_pretrained (or use transformers < 5.24)")
 
     def validate(self, cfg, task) -> None:
@@ -40,7 +39,7 @@ class Prefix(VirtualTokenMethod):
     def apply(self, model, params, ctx):
         from peft import PrefixTuningConfig
 
-        from ftkit.compat import accept_past_key_values
+        from ftkit.util.compat import accept_past_key_values
 
         accept_past_key_values(model)  # transformers >= 5.24 with peft <= 0.21.2 (see there)
         config = PrefixTuningConfig(num_virtual_tokens=params.num_virtual_tokens,

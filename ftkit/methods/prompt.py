@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftkit.errors import UsageError
-from ftkit.methods import METHODS, VirtualTokenMethod
-from ftkit.methods.lora import wrap
+from ftkit.methods import METHODS, VirtualTokenMethod, wrap
 
 
 @dataclass
@@ -23,8 +22,8 @@ class Prompt(VirtualTokenMethod):
     default_lr = 3e-2
     description = "a learned soft prompt (peft prompt tuning); not mergeable"
     load_note = ("with transformers >= 5.24 and peft <= 0.21.2, generate() on a prompt-tuned causal LM needs "
-                 "ftkit.compat.generate_with_virtual_tokens(model) after PeftModel.from_pretrained (or transformers "
-                 "< 5.24)")
+                 "ftkit.util.compat.generate_with_virtual_tokens(model) after PeftModel.from_pretrained (or "
+                 "transformers < 5.24)")
 
     def validate(self, cfg, task) -> None:
         if not task.virtual_tokens_in_loss:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftkit.errors import UsageError
-from ftkit.runs import Loaded, Target, locate
+from ftkit.rundir import layout
+from ftkit.rundir.runs import Loaded, Target, locate
 
 # adapter types whose runs can share one base model (peft holds several adapters of one type on one model and
 # switches between them); runs of other methods each load their own base
@@ -63,13 +64,13 @@ def _default_name(spec: str) -> str:
 
 def _share_key(target: Target):
     """Adapter runs with equal keys can use one copy of their base model."""
-    adapter = target.path / "adapter_config.json"
+    adapter = target.path / layout.ADAPTER_CONFIG
     if target.onnx or target.cfg is None or not adapter.is_file():
         return None
     peft_type = json.loads(adapter.read_text(encoding="utf-8")).get("peft_type")
     if peft_type not in SHAREABLE:
         return None
-    head = json.loads((target.path / "config.json").read_text(encoding="utf-8")).get("id2label")
+    head = json.loads((target.path / layout.MODEL_CONFIG).read_text(encoding="utf-8")).get("id2label")
     cfg = target.cfg
     return (target.task.name, cfg.model.name, cfg.model.quant, cfg.model.trust_remote_code, peft_type,
             json.dumps(head if target.task.labelled else None, sort_keys=True))
@@ -77,10 +78,10 @@ def _share_key(target: Target):
 
 def load(served: list[Served], log=print) -> None:
     """Load every model; adapter runs of one base (same base, quantization, adapter type and label set) share it."""
-    from ftkit.base_model import input_room
-    from ftkit.inference import settings
-    from ftkit.models import load_tokenizer
-    from ftkit.runs import load_trained
+    from ftkit.commands.inference import settings
+    from ftkit.modeling.loading import load_tokenizer
+    from ftkit.rundir.base import input_room
+    from ftkit.rundir.runs import load_trained
 
     first: dict[tuple, Served] = {}
     for i, s in enumerate(served):
@@ -129,8 +130,8 @@ CPU_PASS_ROWS = 8
 
 
 def _run(s: Served, items: list) -> list:
-    from ftkit.inference import texts_table
-    from ftkit.models import cpu_kernels
+    from ftkit.commands.inference import texts_table
+    from ftkit.modeling.loading import cpu_kernels
     from ftkit.serve.generate import GenRequest, generate_batch
 
     model, tokenizer = s.loaded.model, s.loaded.tokenizer

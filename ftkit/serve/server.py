@@ -6,7 +6,7 @@ import contextlib
 import os
 
 from ftkit.errors import UsageError, first_line
-from ftkit.webserver import AccessLog, bind, check_available, logger, server as web_server, url
+from ftkit.util.webserver import AccessLog, bind, check_available, logger, server as web_server, url
 
 log = logger("serve")
 
@@ -17,7 +17,7 @@ def serve(specs: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_ke
     """Serve ``specs`` (RUN or NAME=RUN) until SIGTERM or Ctrl-C; returns once in-flight requests are answered."""
     from ftkit.serve.pool import parse
 
-    # the numbers' ranges are checked as the command's options are parsed (cli_after.serve)
+    # the numbers' ranges are checked as the command's options are parsed (cli.more.serve)
     check_available("serve")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers run on the one inference thread
     served = parse(specs, task)  # bad RUN arguments fail here, before anything binds or loads

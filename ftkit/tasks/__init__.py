@@ -13,7 +13,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
-from ftkit.registry import Registry
+from ftkit.util.registry import Registry
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Task:
     # and feature-extraction models prepend them to the logits only, so a per-token loss fails on every batch)
     virtual_tokens_in_loss: bool
     # its model scores classes, per input or per token: `ftkit distill` and `ftkit prune` work on its runs, and the
-    # classification objectives (ftkit/objectives.py) train it
+    # classification objectives (ftkit/training/objectives.py) train it
     classifies: bool = False
 
     def validate(self, cfg) -> None:

@@ -1,42 +1,14 @@
-"""Pieces shared by the task modules: padding collator, head discovery, label-space helpers (scoring:
-``_scores``)."""
+"""Pieces shared by the task modules: windowed encoding, batched prediction, head discovery, label-space helpers
+(scoring: ``_scores``; batch helpers shared beyond the tasks: ``ftkit.data.batches``)."""
 
 from __future__ import annotations
 
+from ftkit.data.table import Table
 from ftkit.errors import UsageError
-from ftkit.table import Table
 from ftkit.tasks import Task
 
-IGNORE = -100  # the label of a position that takes no loss (PyTorch's cross-entropy default ignore_index)
 UNSEEN = -1  # the reference of a gold label the model was not trained on: takes no loss, scored as an error
 UNSEEN_ROW = "(not seen in training)"  # its row in the per-class table
-
-
-def pad_collate(pad_id: int, label_pad: int | None = None):
-    """Dynamic padding to the longest sequence in the batch (no waste from a fixed max length)."""
-    import torch
-
-    def collate(features: list[dict]) -> dict:
-        width = max(len(f["input_ids"]) for f in features)
-        batch: dict = {}
-        for key in features[0]:
-            values = [f[key] for f in features]
-            if isinstance(values[0], list):
-                fill = pad_id if key == "input_ids" else (label_pad if key == "labels" else 0)
-                batch[key] = torch.tensor([v + [fill] * (width - len(v)) for v in values])
-            else:
-                batch[key] = torch.tensor(values)
-        batch["attention_mask"] = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
-                                                for f in features])
-        return batch
-
-    return collate
-
-
-def real_positions(logits, length: int):
-    """Per-token logits for the real tokens only: prompt tuning prepends virtual tokens to the input, so its
-    outputs are longer than the labels by that many leading positions."""
-    return logits[:, -length:] if logits.shape[1] > length else logits
 
 
 def encode_windows(tokenizer, texts: list, max_length: int, device, **kwargs):
@@ -46,13 +18,6 @@ def encode_windows(tokenizer, texts: list, max_length: int, device, **kwargs):
                     return_overflowing_tokens=True, **kwargs)
     windows = enc.pop("overflow_to_sample_mapping").tolist()
     return enc.to(device), windows
-
-
-def positions(model_config, tokenizer) -> int | None:
-    """How many positions the model has (None: unbounded, e.g. relative positions)."""
-    limits = [getattr(model_config, k, None) for k in ("max_position_embeddings", "n_positions")]
-    limits = [n for n in limits + [tokenizer.model_max_length] if isinstance(n, int) and 0 < n < 10**9]
-    return min(limits, default=None)
 
 
 def batched_predict(model, items: list, batch_size: int, run) -> list[dict]:

@@ -15,12 +15,12 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from ftkit.data import to_features
+from ftkit.data.batches import IGNORE, pad_collate
+from ftkit.data.sources import to_features
+from ftkit.data.table import Table
 from ftkit.errors import UsageError
-from ftkit.table import Table
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, label_config, label_name, pad_collate,
-                                 sort_labels)
+from ftkit.tasks._common import UNSEEN, LabelledTask, batched_predict, label_config, label_name, sort_labels
 from ftkit.tasks._scores import confusion_metrics, multi_label_metrics, regression_metrics
 
 # task.problem -> the model config's problem_type (transformers' names, which pick its loss)
@@ -228,7 +228,7 @@ class Classification(LabelledTask):
     def baseline(self, train: tuple, held_out: tuple, labels: list[str], cfg) -> dict | None:
         if not cfg.task["baseline"]:
             return None
-        from ftkit.baseline import fit_and_score, name
+        from ftkit.data.baseline import fit_and_score, name
 
         def joined(table, idx):
             text, pair = self.texts(table, cfg)

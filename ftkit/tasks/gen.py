@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ftkit.data import spec_name
+from ftkit.data.batches import IGNORE, pad_collate, positions, real_positions
+from ftkit.data.sources import spec_name
+from ftkit.data.table import Table
 from ftkit.errors import UsageError
-from ftkit.table import Table
 from ftkit.tasks import TASKS, Task
-from ftkit.tasks._common import IGNORE, batched_predict, pad_collate, positions, real_positions
-
+from ftkit.tasks._common import batched_predict
 FORMATS = ("auto", "pairs", "chat", "text")
 
 
@@ -35,7 +35,7 @@ class GenParams:
     padding_free: bool = field(default=True, metadata={
         "help": "Train and evaluate decoder-only models on packed batches: no padding, the rows' common prefix (e.g. "
                 "the chat template's system prompt) computed once, logits only where the loss is taken. Same loss as "
-                "padded batches; used where exact (see ftkit/packing.py), padded batches otherwise."})
+                "padded batches; used where exact (see ftkit/data/packing.py), padded batches otherwise."})
     generate_eval: bool = field(default=False, metadata={
         "help": "`ftkit eval` also generates a response per prompt and reports exact match and ROUGE-L."})
 
@@ -190,9 +190,9 @@ class Generation(Task):
         return pad_collate(tokenizer.pad_token_id, label_pad=IGNORE)
 
     def batching(self, model, tokenizer, cfg, features: list[dict]):
-        """Packed padding-free batches where ftkit/packing.py applies (checked on ``features``), padded ones
+        """Packed padding-free batches where ftkit/data/packing.py applies (checked on ``features``), padded ones
         otherwise; for training and evaluation alike."""
-        from ftkit import packing
+        from ftkit.data import packing
         from ftkit.tasks import Batching
 
         padded = self.collator(tokenizer, cfg)
@@ -206,7 +206,7 @@ class Generation(Task):
                         packed=True)
 
     def packs(self, model_config, cfg, virtual_tokens: bool) -> bool:
-        from ftkit import packing
+        from ftkit.data import packing
 
         if not cfg.task["padding_free"]:
             return False
@@ -250,7 +250,7 @@ class Generation(Task):
         import torch
         import torch.nn.functional as F
 
-        from ftkit import packing
+        from ftkit.data import packing
 
         if packing.is_packed(batch):
             nll, owner = packing.token_nll(model, batch), batch["target_rows"]

@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ftkit.data.batches import IGNORE, real_positions
+from ftkit.data.table import Table
 from ftkit.errors import UsageError
-from ftkit.table import Table
 from ftkit.tasks import TASKS, Task
-from ftkit.tasks._common import IGNORE, batched_predict, encode_windows, head_modules, real_positions
-
-
+from ftkit.tasks._common import batched_predict, encode_windows, head_modules
 @dataclass
 class MlmParams:
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens (or words) masked per window."})

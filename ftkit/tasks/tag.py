@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ftkit.data.batches import IGNORE, pad_collate, real_positions
+from ftkit.data.table import Table
 from ftkit.errors import UsageError
-from ftkit.table import Table
 from ftkit.tasks import TASKS
-from ftkit.tasks._common import (IGNORE, UNSEEN, LabelledTask, batched_predict, encode_windows, pad_collate,
-                                 real_positions, sort_labels)
+from ftkit.tasks._common import UNSEEN, LabelledTask, batched_predict, encode_windows, sort_labels
 from ftkit.tasks._scores import confusion_metrics
 
 SCHEMES = ("auto", "iob2", "iobes", "none")

@@ -16,7 +16,7 @@ def ui(folders: list[str], *, host: str = "127.0.0.1", port: int = 7860, allow_l
     """Serve the dashboard until SIGTERM or Ctrl-C (launched runs are then stopped with a checkpoint)."""
     import contextlib
 
-    from ftkit.webserver import AccessLog, bind, check_available, logger, server, url
+    from ftkit.util.webserver import AccessLog, bind, check_available, logger, server, url
 
     roots = [Path(f) for f in folders or ["."]]
     for root in roots:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
+from ftkit.rundir import layout
 from ftkit.ui import pages
 from ftkit.ui.jobs import Jobs
 from ftkit.ui.runs import files, locate, read_run, read_sweep, scan
@@ -84,7 +85,7 @@ def build_app(roots: list[Path], allow_launch: bool, jobs: Jobs | None = None, l
 
 
 def add_launch_routes(app: FastAPI, roots: list[Path], jobs: Jobs) -> None:
-    from ftkit.recipes import shipped
+    from ftkit.config.recipes import shipped
 
     recipes = shipped()
 
@@ -114,7 +115,7 @@ def add_launch_routes(app: FastAPI, roots: list[Path], jobs: Jobs) -> None:
         path = locate(roots, key)
         if path is None:
             raise HTTPException(404, f"no run dir {key!r} under the dashboard's folders")
-        job = jobs.start([str(path / "ftkit.yaml"), "--resume"], path)
+        job = jobs.start([str(path / layout.CONFIG), "--resume"], path)
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -130,7 +131,7 @@ def add_launch_routes(app: FastAPI, roots: list[Path], jobs: Jobs) -> None:
         run = next((i for i, root in enumerate(roots) if job.run_dir == root.resolve()
                     or root.resolve() in job.run_dir.parents), None)
         link = None
-        if run is not None and (job.run_dir / "ftkit.yaml").is_file():
+        if run is not None and layout.is_run(job.run_dir):
             rel = job.run_dir.relative_to(roots[run].resolve()).as_posix()
             link = f"/run/{quote(f'{run}/{rel}')}"
         return {"text": chunk.decode("utf-8", "replace"), "offset": max(0, offset) + len(chunk),

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import yaml
 
 from ftkit.config import flatten
+from ftkit.rundir import layout
 from ftkit.ui.runs import Run, Sweep, curves
 from ftkit.ui.svg import line_chart
 
@@ -162,7 +163,7 @@ def run_page(run: Run, files: list[tuple[str, int]], allow_launch: bool) -> str:
     ev = run.summary.get("eval") or {}
     if ev:
         scalars = {k: v for k, v in ev.items() if isinstance(v, (int, float))}
-        base = run.summary.get("baseline") or {}  # a cls run's TF-IDF baseline on the same split (ftkit/baseline.py)
+        base = run.summary.get("baseline") or {}  # a cls run's TF-IDF baseline on the same split (data/baseline.py)
         baseline_row = (f"<tr id=baseline><td>{escape(str(base.get('method', 'baseline')))}</td>" + "".join(
             f"<td class=num>{_num(base.get(k))}</td>" for k in scalars) + "</tr>") if base else ""
         body.append("<h3>Held-out evaluation</h3><table id=metrics><tr><th></th>" + "".join(
@@ -188,7 +189,7 @@ def run_page(run: Run, files: list[tuple[str, int]], allow_launch: bool) -> str:
         f"<tr><td>{escape(k)}</td><td><code>{escape(v)}</code></td></tr>" for k, v in commands(run)) + "</table>")
     body.append(f"<h3>Config (ftkit.yaml)</h3><pre id=config>{escape(yaml.safe_dump(run.config, sort_keys=False))}"
                 "</pre>")
-    card = run.path / "README.md"
+    card = run.path / layout.CARD
     if card.is_file():
         body.append(f"<h3>Model card</h3><pre>{escape(card.read_text(encoding='utf-8', errors='replace'))}</pre>")
     body.append("<h3>Files</h3><table>" + "".join(f"<tr><td>{escape(n)}</td><td class=num>{size:,}</td></tr>"

@@ -3,6 +3,8 @@ metrics and configs. Only paths inside those folders are ever opened (``locate``
 
 from __future__ import annotations
 
+from ftkit.rundir import layout
+
 import json
 import os
 import time
@@ -13,7 +15,7 @@ import yaml
 
 ACTIVE_SECONDS = 120  # a run dir written to this recently, with no metrics.json yet, is taken as running
 MAX_DEPTH = 8
-SKIP = {"checkpoints", "node_modules", "__pycache__"}
+SKIP = {layout.CHECKPOINTS, "node_modules", "__pycache__"}
 
 
 @dataclass
@@ -70,7 +72,7 @@ def records(path: Path) -> list[dict]:
     """metrics.jsonl's records (a line being written is skipped)."""
     out = []
     try:
-        lines = (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (path / layout.HISTORY).read_text(encoding="utf-8").splitlines()
     except OSError:
         return out
     for line in lines:
@@ -94,13 +96,13 @@ def read_run(key: str, path: Path, jobs: dict[Path, bool] | None = None) -> Run 
     """``jobs``: run dirs of runs the dashboard launched -> whether their process is alive (for those, what is known
     beats the guess from file times)."""
     try:
-        config = yaml.safe_load((path / "ftkit.yaml").read_text(encoding="utf-8")) or {}
+        config = yaml.safe_load((path / layout.CONFIG).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return None
     if not isinstance(config, dict):
         return None
-    run = Run(key, path, config, "failed", started=(path / "ftkit.yaml").stat().st_mtime)
-    summary = _read_json(path / "metrics.json")
+    run = Run(key, path, config, "failed", started=(path / layout.CONFIG).stat().st_mtime)
+    summary = _read_json(path / layout.SUMMARY)
     recs = records(path)
     if isinstance(summary, dict) and "eval" in summary:
         run.status, run.summary = "finished", summary
@@ -109,15 +111,15 @@ def read_run(key: str, path: Path, jobs: dict[Path, bool] | None = None) -> Run 
         run.steps = (summary.get("train") or {}).get("steps")
         run.seconds = (summary.get("train") or {}).get("seconds")
         return run
-    steps = sorted(int(p.name[5:]) for p in (path / "checkpoints").glob("step-*") if p.name[5:].isdigit()) \
-        if (path / "checkpoints").is_dir() else []
-    newest = max((p.stat().st_mtime for p in [path, *path.iterdir(), *(path / "checkpoints").glob("*")]
+    steps = sorted(int(p.name[5:]) for p in (path / layout.CHECKPOINTS).glob("step-*") if p.name[5:].isdigit()) \
+        if (path / layout.CHECKPOINTS).is_dir() else []
+    newest = max((p.stat().st_mtime for p in [path, *path.iterdir(), *(path / layout.CHECKPOINTS).glob("*")]
                   if p.exists()), default=0.0)
     alive = (jobs or {}).get(path.resolve())
     if alive or (alive is None and time.time() - newest < ACTIVE_SECONDS):
         run.status = "running"
-    elif (path / "failed.txt").is_file():  # a sweep's trial that failed says why
-        run.detail = (path / "failed.txt").read_text(encoding="utf-8", errors="replace").strip()
+    elif (path / layout.FAILED).is_file():  # a sweep's trial that failed says why
+        run.detail = (path / layout.FAILED).read_text(encoding="utf-8", errors="replace").strip()
     elif steps:
         run.status, run.detail = "interrupted", f"checkpoint at step {steps[-1]}"
     else:
@@ -151,7 +153,7 @@ def scan(roots: list[Path], jobs: dict[Path, bool] | None = None) -> tuple[list[
                                  and depth < MAX_DEPTH and not (here / d).is_symlink())
             rel = here.relative_to(base).as_posix()
             key = f"{i}/{rel}" if rel != "." else f"{i}"
-            if "ftkit.yaml" in filenames:
+            if layout.CONFIG in filenames:
                 run = read_run(key, here, jobs)
                 if run is not None:
                     runs.append(run)
@@ -169,7 +171,7 @@ def read_sweep(key: str, path: Path) -> Sweep:
     return Sweep(key, path, _read_json(path / "sweep.json", {}) or {}, board if isinstance(board, list) else [])
 
 
-def locate(roots: list[Path], key: str, want: str = "ftkit.yaml") -> Path | None:
+def locate(roots: list[Path], key: str, want: str = layout.CONFIG) -> Path | None:
     """The dir ``key`` names if it lies inside its folder and holds ``want``; None otherwise (the UI answers 404)."""
     index, _, rel = key.partition("/")
     if not index.isdigit() or int(index) >= len(roots):

@@ -1,0 +1,1 @@
+"""The command line: the Typer app, its shared options and error handling, and what it prints."""

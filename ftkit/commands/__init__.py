@@ -1,0 +1,1 @@
+"""One module per verb: what `ftkit VERB` does, orchestrating the layers below."""

@@ -1,0 +1,2 @@
+"""The training loop and what runs inside it: checkpoints, scale-out, objectives, the distillation loss, progress and
+trackers."""
