@@ -193,7 +193,8 @@ def test_gen_data_without_known_columns_is_a_usage_error(tmp_path, tiny_causal):
     bad = write_rows(tmp_path / "b.jsonl", [{"question": "a", "answer": "b"}] * 4)
     result = run_cli(*train_args(tiny_causal, {"train": bad, "eval": bad}, tmp_path / "r", "--task", "gen"))
     assert result.exit_code == 2
-    assert "gen data needs `prompt`+`response`, `messages` or `text` columns" in result.output
+    assert ("gen data needs `prompt`+`response`, `messages`, `conversations` (ShareGPT), `instruction`+`output` "
+            "(Alpaca) or `text` columns") in result.output
     assert "columns found: question, answer" in result.output
 
 
@@ -303,3 +304,90 @@ def test_the_config_is_resolved_once_before_loading(task, tmp_path, tiny_causal,
     assert shown == saved
     assert saved["train"]["lr"] and saved["data"]["max_length"] and saved["train"]["group_by_length"] is not None
     assert Path(saved["data"]["train"]).is_absolute()
+
+
+CONV = [{"role": "system", "content": "word"}, {"role": "user", "content": "good ?"},
+        {"role": "assistant", "content": "nice"}, {"role": "user", "content": "bad ?"},
+        {"role": "assistant", "content": "awful"}]
+
+
+@pytest.mark.parametrize("train_on, learned", [("assistant", "nice [SEP] awful [SEP]"), ("last", "awful [SEP]"),
+                                               ("all", None)])
+def test_task_train_on_decides_which_tokens_carry_the_loss(tok, train_on, learned):
+    """Token by token: a labelled position holds its own token, every other is ignored, and the labelled ones are
+    exactly the chosen turns (every token for `all`)."""
+    enc = GEN.encode(tok, Table("t", {"messages": [CONV]}), _cfg(train_on=train_on), None)
+    ids, labels = enc["input_ids"][0], enc["labels"][0]
+    assert ids == tok.apply_chat_template(CONV, tokenize=True, return_dict=True)["input_ids"]
+    assert len(labels) == len(ids) and all(lab in (IGNORE, t) for t, lab in zip(ids, labels))
+    if learned is None:
+        assert labels == ids
+        return
+    mask = [lab != IGNORE for lab in labels]
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == learned
+    # the labelled tokens sit at the end of their turns: the rendering up to each turn's end closes them
+    ends = [len(tok.apply_chat_template(CONV[:k + 1], tokenize=True, return_dict=True)["input_ids"]) for k in (2, 4)]
+    assert mask[ends[-1] - 1] and (mask[ends[0] - 1] == (train_on == "assistant"))
+    plain = GEN.encode(tok, Table("t", {"prompt": ["good ?"], "response": ["nice"]}),
+                       _cfg(template="plain", train_on=train_on), None)
+    p = len(tok("good ?")["input_ids"])
+    assert plain["labels"][0][:p] == [IGNORE] * p and plain["labels"][0][p:] == plain["input_ids"][0][p:]
+
+
+def test_plain_prompts_train_too_when_train_on_is_all(tok):
+    plain = GEN.encode(tok, Table("t", {"prompt": ["good ?"], "response": ["nice"]}),
+                       _cfg(template="plain", train_on="all"), None)
+    assert plain["labels"][0] == plain["input_ids"][0]
+
+
+def test_sharegpt_and_alpaca_rows_are_read_as_the_same_messages(tok):
+    sharegpt = Table("s", {"conversations": [[{"from": "system", "value": "word"}, {"from": "human", "value": "good ?"},
+                                              {"from": "gpt", "value": "nice"}, {"from": "human", "value": "bad ?"},
+                                              {"from": "gpt", "value": "awful"}]]})
+    assert GEN.encode(tok, sharegpt, _cfg(), None) == GEN.encode(tok, Table("t", {"messages": [CONV]}), _cfg(), None)
+    alpaca = Table("a", {"instruction": ["good ?", "good ?"], "input": ["", "film"], "output": ["nice", "nice"],
+                         "system": [None, "word"]})
+    expected = [[{"role": "user", "content": "good ?"}, {"role": "assistant", "content": "nice"}],
+                [{"role": "system", "content": "word"}, {"role": "user", "content": "good ?\n\nfilm"},
+                 {"role": "assistant", "content": "nice"}]]
+    assert GEN.encode(tok, alpaca, _cfg(), None) == GEN.encode(tok, Table("t", {"messages": expected}), _cfg(), None)
+    for table, layout in ((sharegpt, "sharegpt"), (alpaca, "alpaca")):
+        cfg, note = GEN.from_data(_cfg(), table)
+        assert note.startswith(f"gen data: {layout} (columns ")
+    assert GEN.from_data(config.build({"task": "gen", "data": {"format": "chat"}}), sharegpt)[1] is None
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"conversations": [{"from": "human", "value": "good ?"}, {"from": "bot", "value": "nice"}]},
+     "line 1: turn 2: `from` is 'bot', expected human, gpt or system"),
+    ({"conversations": [{"from": "human", "value": "good ?"}, {"from": "function_call", "value": "{}"}]},
+     "line 1: turn 2: a tool call; ftkit does not train on tool calls yet"),
+    ({"conversations": [{"from": "human", "value": "good ?"}]}, "line 1: no assistant message to learn from"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [{}]}]},
+     "line 1: message 2: a tool call"),
+    ({"messages": [{"role": "user", "content": "good ?"}, {"role": "assistant", "content": " "}]},
+     "line 1: message 2: `content` must be a non-empty string"),
+    ({"instruction": "good ?", "input": "", "output": ""}, "line 1: `output` must be a non-empty string"),
+    ({"instruction": "good ?", "input": 3, "output": "nice"}, "line 1: `input` must be a string (or empty)"),
+])
+def test_bad_conversations_are_refused_naming_line_turn_and_field(tiny_causal, tmp_path, row, message):
+    data = write_rows(tmp_path / "bad.jsonl", [row] * 20)
+    result = run_cli("train", "--task", "gen", "--model", tiny_causal, "--data", data, "--output", tmp_path / "r")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sharegpt_file_trains_evaluates_and_predicts(tiny_causal, tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": f"the {w} film ?"}, {"from": "gpt", "value": w}]}
+            for w in ("good", "bad", "nice", "awful") * 12]
+    data = write_rows(tmp_path / "sg.jsonl", rows)
+    out = tmp_path / "run"
+    result = run_cli(*train_args(tiny_causal, {"train": data, "eval": data}, out, "--task", "gen", "--max-steps", "3",
+                                 "--set", "task.train_on=last"))
+    assert result.exit_code == 0, result.output
+    assert "gen data: sharegpt (columns conversations), picked from the columns" in result.output
+    assert run_cli("eval", out, "--data", data, "--output", tmp_path / "m.json").exit_code == 0
+    preds = tmp_path / "p.jsonl"
+    assert run_cli("predict", out, "--file", data, "--output", preds, "--max-new-tokens", "2").exit_code == 0
+    first = json.loads(preds.read_text().splitlines()[0])
+    assert first["prompt"] == "the good film ?" and isinstance(first["response"], str)

@@ -1,10 +1,13 @@
 """Text generation (``--task gen``): causal LMs and encoder-decoder (seq2seq) models, chosen from the checkpoint.
 
-Data comes in three formats (``data.format``; ``auto`` picks from the columns):
+Data comes in five layouts (``data.format``; ``auto`` picks from the columns, and the run log says which):
 - ``pairs``: ``prompt`` + ``response``; the loss is on the response only (prompt tokens are labelled -100);
-- ``chat``: ``messages`` (a list of ``{role, content}``), rendered with the tokenizer's chat template; the loss is
-  on the assistant turns only;
+- ``chat``: ``messages`` (a list of ``{role, content}``, any number of turns), rendered with the tokenizer's chat
+  template; ``sharegpt``: ``conversations`` of ``{from, value}`` turns; ``alpaca``: ``instruction``, ``input``,
+  ``output`` (``tasks/_chat.py`` turns each into messages);
 - ``text``: plain ``text`` for continued language-model training (every token is trained).
+Which tokens of a conversation carry the loss is ``task.train_on``: every assistant turn (the default), only the last
+one, or every token (the prompt too).
 With ``task.template: auto`` a prompt/response pair is rendered as a one-turn chat when the tokenizer has a chat
 template (so training matches how the model is prompted), and as prompt + response otherwise.
 """
@@ -19,8 +22,11 @@ from ftkit.data.sources import spec_name
 from ftkit.data.table import Table
 from ftkit.errors import UsageError
 from ftkit.tasks import TASKS, Task
+from ftkit.tasks._chat import LAYOUTS, conversations, detect
 from ftkit.tasks._common import batched_predict
-FORMATS = ("auto", "pairs", "chat", "text")
+
+FORMATS = ("auto", *LAYOUTS)
+TRAIN_ON = ("assistant", "last", "all")
 
 
 @dataclass
@@ -38,13 +44,18 @@ class GenParams:
                 "padded batches; used where exact (see ftkit/data/packing.py), padded batches otherwise."})
     generate_eval: bool = field(default=False, metadata={
         "help": "`ftkit eval` also generates a response per prompt and reports exact match and ROUGE-L."})
+    train_on: str = field(default="assistant", metadata={
+        "help": "Which tokens of a conversation (chat, sharegpt, alpaca, pairs) carry the loss: assistant (every "
+                "assistant turn), last (the last assistant turn only) or all (every token, the prompt too)."})
 
 
 @TASKS.register("gen")
 class Generation(Task):
     name = "gen"
     params = GenParams
-    columns = {"prompt": "prompt", "response": "response", "messages": "messages", "text": "text"}
+    columns = {"prompt": "prompt", "response": "response", "messages": "messages", "text": "text",
+               "conversations": "conversations", "instruction": "instruction", "input": "input", "output": "output",
+               "system": "system"}
     architectures = ("ForCausalLM", "ForConditionalGeneration", "EncoderDecoderModel")
     maximize = False  # perplexity: lower is better
     streams = True  # `predict --text` prints tokens as they are generated
@@ -54,7 +65,13 @@ class Generation(Task):
     virtual_tokens_in_loss = True  # peft pads the labels of causal and seq2seq LMs
     onnx = False  # generation needs the decoding loop and its cache, not one graph
     labelled = False
-    description = "text generation: prompt/response pairs, chat messages or plain text; causal or seq2seq"
+    description = ("text generation: prompt/response pairs, chat messages, ShareGPT or Alpaca rows, or plain text; "
+                   "causal or seq2seq")
+
+    def validate(self, cfg) -> None:
+        if cfg.task["train_on"] not in TRAIN_ON:
+            raise UsageError(f"config key 'task.train_on': got {cfg.task['train_on']!r}, expected one of "
+                             f"{', '.join(TRAIN_ON)}")
 
     def _col(self, cfg, role: str) -> str:
         return cfg.data.columns.get(role, self.columns[role])
@@ -65,32 +82,30 @@ class Generation(Task):
             raise UsageError(f"config key 'data.format': got {fmt!r}, expected one of {', '.join(FORMATS)}")
         if fmt != "auto":
             return fmt
-        cols = table.columns
-        if self._col(cfg, "messages") in cols:
-            return "chat"
-        if self._col(cfg, "prompt") in cols and self._col(cfg, "response") in cols:
-            return "pairs"
-        if self._col(cfg, "text") in cols:
-            return "text"
-        raise UsageError(f"{table.source}: gen data needs `prompt`+`response`, `messages` or `text` columns "
-                         f"(rename with data.columns.ROLE=...); columns found: {', '.join(cols) or 'none'}")
+        layout = detect(table.columns, lambda role: self._col(cfg, role))
+        if layout is None:
+            raise UsageError(f"{table.source}: gen data needs `prompt`+`response`, `messages`, `conversations` "
+                             "(ShareGPT), `instruction`+`output` (Alpaca) or `text` columns (rename with "
+                             f"data.columns.ROLE=...); columns found: {', '.join(table.columns) or 'none'}")
+        return layout
+
+    def from_data(self, cfg, table: Table):
+        if cfg.data.format != "auto":
+            return cfg, None
+        layout = self.data_format(table, cfg)
+        used = [self._col(cfg, role) for role in LAYOUTS[layout]]
+        return cfg, (f"gen data: {layout} (columns {', '.join(used)}), picked from the columns; set data.format to "
+                     "choose another")
+
+    def _conversations(self, table: Table, cfg) -> list[list[dict]]:
+        return conversations(table, self.data_format(table, cfg), lambda role: self._col(cfg, role))
 
     # ------------------------------------------------------------------ data
     def check(self, table: Table, cfg) -> None:
-        fmt = self.data_format(table, cfg)
-        if fmt == "chat":
-            for i, msgs in enumerate(table.column(self._col(cfg, "messages"), "messages")):
-                ok = isinstance(msgs, list) and msgs and all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in msgs)
-                if not ok:
-                    raise UsageError(f"{table.locate(i)}: messages must be a list of {{role, content}} objects")
-                if not any(m["role"] == "assistant" for m in msgs):
-                    raise UsageError(f"{table.locate(i)}: no assistant message to learn from")
-            return
-        roles = ("text",) if fmt == "text" else ("prompt", "response")
-        for role in roles:
-            table.text_column(self._col(cfg, role), role)
+        if self.data_format(table, cfg) == "text":
+            table.text_column(self._col(cfg, "text"), "text")
+        else:
+            self._conversations(table, cfg)  # each row checked, errors naming the line, turn and field
 
     def label_space(self, table: Table, cfg) -> list[str]:
         return []  # generation has no label set
@@ -131,9 +146,9 @@ class Generation(Task):
     def encode(self, tokenizer, table: Table, cfg, model_config) -> dict[str, list[list[int]]]:
         """Token ids and labels (-100 where no loss is taken), truncated to data.max_length."""
         fmt, n = self.data_format(table, cfg), cfg.data.max_length
-        if fmt == "chat" and not tokenizer.chat_template:
-            raise UsageError(f"{table.source}: chat messages need a tokenizer with a chat template; this one has "
-                             "none (use prompt/response pairs)")
+        if fmt in ("chat", "sharegpt") and not tokenizer.chat_template:
+            raise UsageError(f"{table.source}: {fmt} conversations need a tokenizer with a chat template; this one "
+                             "has none (use prompt/response pairs or alpaca rows, rendered as plain text)")
         if getattr(model_config, "is_encoder_decoder", False):
             if fmt != "pairs":
                 raise UsageError(f"{table.source}: seq2seq models train on prompt/response pairs (format {fmt})")
@@ -146,43 +161,44 @@ class Generation(Task):
             eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
             ids = [(x + eos)[:n] for x in tokenizer(table.column(self._col(cfg, "text"), "text"))["input_ids"]]
             return {"input_ids": ids, "labels": ids}
-        if fmt == "chat":
-            convs = table.column(self._col(cfg, "messages"), "messages")
-        else:
-            prompts = table.column(self._col(cfg, "prompt"), "prompt")
-            responses = table.column(self._col(cfg, "response"), "response")
-            convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
-                     for p, r in zip(prompts, responses)]
-        use_chat = fmt == "chat" or self._use_chat(tokenizer, cfg)
+        convs = self._conversations(table, cfg)
+        use_chat = fmt in ("chat", "sharegpt") or self._use_chat(tokenizer, cfg)
         out_ids, out_labels = [], []
         for conv in convs:
-            ids, labels = self._render(tokenizer, conv, use_chat)
+            ids, labels = self._render(tokenizer, conv, use_chat, cfg.task["train_on"])
             out_ids.append(ids[:n])
             out_labels.append(labels[:n])
         return {"input_ids": out_ids, "labels": out_labels}
 
     @staticmethod
-    def _render(tokenizer, conv: list[dict], use_chat: bool) -> tuple[list[int], list[int]]:
-        """Render a conversation; only assistant tokens are labelled. Each assistant turn's tokens are found by
-        rendering the conversation up to the turn (with the generation prompt) and up to its end."""
+    def _render(tokenizer, conv: list[dict], use_chat: bool, train_on: str = "assistant") -> tuple[list[int],
+                                                                                                   list[int]]:
+        """Render a conversation and label what ``train_on`` trains: the assistant turns' tokens (each turn's
+        found by rendering the conversation up to the turn, with the generation prompt, and up to its end), the
+        last assistant turn's only, or every token. Without a chat template: the non-assistant messages joined by
+        newlines, then the (single) reply."""
         if not use_chat:
             prompt = "\n".join(m["content"] for m in conv if m["role"] != "assistant")
             reply = next(m["content"] for m in conv if m["role"] == "assistant")
             p = tokenizer(prompt)["input_ids"]
             r = tokenizer(" " + reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            return p + r, [IGNORE] * len(p) + r
+            return p + r, (p if train_on == "all" else [IGNORE] * len(p)) + r
 
         def render(msgs, gen_prompt):
             return tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen_prompt,
                                                  return_dict=True)["input_ids"]
 
+        turns = [k for k, m in enumerate(conv) if m["role"] == "assistant"]
+        if train_on == "all":
+            ids = render(conv[:turns[-1] + 1], False)
+            return ids, list(ids)
         ids: list[int] = []
         labels: list[int] = []
-        for k, m in enumerate(conv):
-            if m["role"] != "assistant":
-                continue
+        for k in turns:
             before, after = render(conv[:k], True), render(conv[:k + 1], False)
-            labels += [IGNORE] * (len(before) - len(ids)) + after[len(before):]
+            scored = train_on == "assistant" or k == turns[-1]
+            labels += [IGNORE] * (len(before) - len(ids)) + (after[len(before):] if scored else
+                                                             [IGNORE] * (len(after) - len(before)))
             ids = after
         return ids, labels
 
@@ -292,10 +308,13 @@ class Generation(Task):
         """(model inputs, the prompt as shown in the output, whether the inputs are chat-rendered). A chat is
         rendered up to the assistant's generation prompt; its last non-assistant message is what is shown."""
         cols = table.columns
-        if self._col(cfg, "messages") in cols:
-            convs = [[m for m in msgs if m["role"] != "assistant"]
-                     for msgs in table.column(self._col(cfg, "messages"), "messages")]
-            shown, chat = [c[-1]["content"] if c else "" for c in convs], True
+        layout = detect(cols, lambda role: self._col(cfg, role))
+        if layout in ("chat", "sharegpt", "alpaca"):
+            convs = [[m for m in msgs if m["role"] != "assistant"] for msgs in self._conversations(table, cfg)]
+            shown, chat = [c[-1]["content"] if c else "" for c in convs], layout != "alpaca" or self._use_chat(
+                tokenizer, cfg)
+            if not chat:
+                shown = ["\n".join(m["content"] for m in c) for c in convs]
         else:  # the prompt column, or a text column to continue
             col = self._col(cfg, "prompt") if self._col(cfg, "prompt") in cols else self._col(cfg, "text")
             shown = table.column(col, "prompt")
