@@ -161,9 +161,10 @@ def train(cfg: config_mod.Config, overwrite: bool = False, resume: bool = False,
     if accelerator.is_main_process and not resuming:
         layout.create(run_dir, cfg)
     accelerator.wait_for_everyone()
-    result, reporter = run_training(cfg, task, method, rows, prepared, baseline, accelerator, run_dir, resuming,
-                                    quiet)
-    return save(cfg, task, method, rows, prepared, baseline, accelerator, run_dir, result, reporter)
+    main_metric = task.main_metric(rows.labels, cfg)
+    result, reporter = run_training(cfg, task, method, rows, prepared, main_metric, baseline, accelerator, run_dir,
+                                    resuming, quiet)
+    return save(cfg, task, method, prepared, main_metric, baseline, accelerator, run_dir, result, reporter)
 
 
 def set_up_data(cfg: config_mod.Config, task) -> tuple[config_mod.Config, Rows]:
@@ -292,8 +293,8 @@ def set_up_model(cfg: config_mod.Config, task, method, rows: Rows, base_tokenize
     return Prepared(model, tokenizer, base_path, train_features, eval_features, batches, trainable, total)
 
 
-def run_training(cfg: config_mod.Config, task, method, rows: Rows, prepared: Prepared, baseline: dict | None,
-                 accelerator, run_dir: Path, resuming: bool, quiet: bool):
+def run_training(cfg: config_mod.Config, task, method, rows: Rows, prepared: Prepared, main_metric: str,
+                 baseline: dict | None, accelerator, run_dir: Path, resuming: bool, quiet: bool):
     """The loop, with the progress reporter and the checkpoints in the run dir. -> (the loop's result, the
     reporter)."""
     from ftkit.modeling.loading import cpu_kernels
@@ -319,7 +320,7 @@ def run_training(cfg: config_mod.Config, task, method, rows: Rows, prepared: Pre
     with cpu_kernels(model, cfg.train.precision), stopped_when_contact_is_lost(accelerator, run_dir, cfg):
         result = train_loop(model=model, train_features=p.train_features, eval_features=p.eval_features,
                             collate=p.batches.collate, loss_fn=p.batches.loss, task=task, labels=rows.labels,
-                            main_metric=task.main_metric(rows.labels, cfg), cfg=cfg, accelerator=accelerator,
+                            main_metric=main_metric, cfg=cfg, accelerator=accelerator,
                             reporter=reporter, resume=resuming, step_hook=method.step_hook(model),
                             lr_scales=method.lr_scales(cfg.method_params),
                             make_checkpointer=lambda prepared_model: Checkpointer(
@@ -328,8 +329,8 @@ def run_training(cfg: config_mod.Config, task, method, rows: Rows, prepared: Pre
     return result, reporter
 
 
-def save(cfg: config_mod.Config, task, method, rows: Rows, prepared: Prepared, baseline: dict | None, accelerator,
-         run_dir: Path, result, reporter) -> dict:
+def save(cfg: config_mod.Config, task, method, prepared: Prepared, main_metric: str, baseline: dict | None,
+         accelerator, run_dir: Path, result, reporter) -> dict:
     """The summary, and on the main process the finished run dir (ftkit.rundir.layout.finish). -> the summary."""
     import torch
 
@@ -339,7 +340,6 @@ def save(cfg: config_mod.Config, task, method, rows: Rows, prepared: Prepared, b
     from ftkit.training.distributed import check_ranks_agree
 
     model, p = prepared.model, prepared
-    main_metric = task.main_metric(rows.labels, cfg)
     check_ranks_agree(accelerator, model)
     summary = {"main_metric": main_metric, "eval": result.best,
                "train": {"steps": result.step, "seconds": round(result.train_seconds, 2),

@@ -52,8 +52,7 @@ def locate(name: str, task_name: str | None = None) -> Target:
     path = catalog.resolve_model(name) if not Path(name).is_dir() else Path(name)
     cfg = None
     if layout.is_run(path):
-        if not layout.is_finished(path):
-            raise UsageError(f"{path}: training did not finish in this run dir (no metrics.json); nothing to load")
+        layout.check_finished(path)
         cfg = layout.read_config(path)
         if task_name not in (None, cfg.task_name):
             raise UsageError(f"--task {task_name}: {path} is a {cfg.task_name} run (its model and data are "
@@ -152,8 +151,7 @@ def merged_run(run: Path) -> Path:
     Concurrent ranks each write their own copy and the first rename wins."""
     from ftkit.methods import METHODS
 
-    if not layout.is_finished(run):
-        raise UsageError(f"{run}: training did not finish in this run dir (no metrics.json); nothing to train from")
+    layout.check_finished(run, "nothing to train from")
     method = METHODS.get(layout.read_config(run).method_name)
     if not method.mergeable:
         raise UsageError(f"{run}: method {method.name} adds virtual tokens and cannot be merged into its base, so "

@@ -311,10 +311,9 @@ class Generation(Task):
         layout = detect(cols, lambda role: self._col(cfg, role))
         if layout in ("chat", "sharegpt", "alpaca"):
             convs = [[m for m in msgs if m["role"] != "assistant"] for msgs in self._conversations(table, cfg)]
-            shown, chat = [c[-1]["content"] if c else "" for c in convs], layout != "alpaca" or self._use_chat(
-                tokenizer, cfg)
-            if not chat:
-                shown = ["\n".join(m["content"] for m in c) for c in convs]
+            chat = layout != "alpaca" or self._use_chat(tokenizer, cfg)  # alpaca rows render plain without one
+            shown = [("" if not c else c[-1]["content"]) if chat else "\n".join(m["content"] for m in c)
+                     for c in convs]
         else:  # the prompt column, or a text column to continue
             col = self._col(cfg, "prompt") if self._col(cfg, "prompt") in cols else self._col(cfg, "text")
             shown = table.column(col, "prompt")
